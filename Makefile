@@ -1,0 +1,44 @@
+# The two commands of the README, and what they are made of.
+# Everything runs from .venv, made from the first Python 3.11+ found.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
+# The browser tests drive Debian's Chromium; Playwright never downloads one.
+export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install lint format test demo clean chromium
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+chromium:
+	@test -x $(GATEKEEPER_CHROMIUM) || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: lint chromium
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/python -m harness.demo
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache *.egg-info

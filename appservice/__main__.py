@@ -1,0 +1,5 @@
+import sys
+
+from appservice.cli import main
+
+sys.exit(main())

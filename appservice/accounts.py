@@ -1,0 +1,260 @@
+"""Self-service for applicants and account holders: login, second factor, reset, changes.
+
+Every answer that could tell whether an email is known is the same for known and
+unknown addresses, and the password hasher runs on both paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+
+from appservice.applicant_mail import ApplicantMail
+from appservice.config import Config
+from appservice.passwords import PasswordHasher, password_problem
+from appservice.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
+from appservice.registrations import (
+    EMAIL_CHANGE_PURPOSE,
+    RESET_PURPOSE,
+    RegistrationRequest,
+    Registrations,
+    State,
+)
+from appservice.sessions import Session, Sessions
+from appservice.signup import FieldErrors, valid_email
+from appservice.synapse_admin import HomeserverUnavailable, ProvisioningRefused, SynapseAdmin
+from appservice.timeutil import now_ms
+from appservice.totp import Enrolment, TotpStore
+
+log = logging.getLogger("gatekeeper.accounts")
+
+RESET_PER_ADDRESS = Limit(10, 3600)
+RESET_PER_ACCOUNT = Limit(3, 3600)
+
+
+class LoginStatus(enum.StrEnum):
+    LOGGED_IN = "logged-in"
+    SECOND_FACTOR_REQUIRED = "second-factor-required"
+    INVALID_CREDENTIALS = "invalid-credentials"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    status: LoginStatus
+    login_token: str | None = None
+    session: Session | None = None
+    device_token: str | None = None
+    timeout_until_ms: int | None = None
+
+
+class Accounts:
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        sessions: Sessions,
+        hasher: PasswordHasher,
+        totp: TotpStore,
+        limiter: RateLimiter,
+        lockout: Lockout,
+        mail: ApplicantMail,
+        synapse: SynapseAdmin,
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.sessions = sessions
+        self.hasher = hasher
+        self.totp = totp
+        self.limiter = limiter
+        self.lockout = lockout
+        self.mail = mail
+        self.synapse = synapse
+        self.login_limit = Limit(config.security.login_attempts_per_minute, 60)
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def _check_password(
+        self, email: str, password: str
+    ) -> tuple[RegistrationRequest | None, int | None]:
+        """The request if the password is right and the account not locked; else the
+        lock's end (if locked). The hasher runs whether or not the email is known."""
+        locked_until = None
+        try:
+            await self.lockout.check(email)
+        except RateLimited as limited:
+            locked_until = now_ms() + limited.retry_after * 1000
+        request = await self.registrations.for_login(email)
+        if request is None:
+            await self.hasher.verify_dummy(password)
+            right = False
+        else:
+            right = await self.hasher.verify(request.password_hash, password)
+        if locked_until is not None:
+            return None, locked_until
+        if not right or request is None:
+            await self.lockout.failure(email)
+            return None, None
+        if self.hasher.needs_rehash(request.password_hash):
+            await self.registrations.set_password_hash(request.id, await self.hasher.hash(password))
+        return request, None
+
+    async def login(
+        self, email: str, password: str, address: str, device_token: str | None
+    ) -> LoginResult:
+        await self.limiter.hit(address_key("login", address), self.login_limit)
+        request, _ = await self._check_password(email, password)
+        if request is None:
+            return LoginResult(LoginStatus.INVALID_CREDENTIALS)
+        if await self.totp.is_enabled(request.id) and not await self.sessions.device_remembered(
+            request.id, device_token
+        ):
+            return LoginResult(LoginStatus.SECOND_FACTOR_REQUIRED)
+        await self.lockout.success(email)
+        token, session = await self.sessions.create(request.id)
+        return LoginResult(LoginStatus.LOGGED_IN, token, session)
+
+    async def login_with_second_factor(
+        self, email: str, password: str, code: str, remember: bool, address: str
+    ) -> LoginResult:
+        await self.limiter.hit(address_key("2fa", address), self.login_limit)
+        request, locked_until = await self._check_password(email, password)
+        if request is None:
+            return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
+        if not await self.totp.verify(request.id, code):
+            # A wrong or missing code is a failed attempt like a wrong password.
+            await self.lockout.failure(email)
+            try:
+                await self.lockout.check(email)
+            except RateLimited as limited:
+                locked_until = now_ms() + limited.retry_after * 1000
+            return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
+        await self.lockout.success(email)
+        token, session = await self.sessions.create(request.id)
+        device = await self.sessions.remember_device(request.id) if remember else None
+        return LoginResult(LoginStatus.LOGGED_IN, token, session, device)
+
+    # --- reset ---------------------------------------------------------------------------
+
+    async def request_password_reset(self, email: str, address: str) -> None:
+        await self.limiter.hit(address_key("reset", address), RESET_PER_ADDRESS)
+        request = await self.registrations.for_login(email)
+        if request is None:
+            return
+        # The mail is queued after the answer, so a known address answers as fast as an
+        # unknown one (no timing difference to learn from).
+        task = asyncio.create_task(self._send_reset(request))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_reset(self, request: RegistrationRequest) -> None:
+        try:
+            await self.limiter.hit(f"reset:account:{request.id}", RESET_PER_ACCOUNT)
+            await self.mail.password_reset(request)
+        except RateLimited:
+            pass  # answered like any other request: nothing to learn from it
+        except Exception:
+            log.exception("Could not queue the reset mail of request %s", request.id)
+
+    async def reset_password(self, email: str, token: str, new_password: str) -> bool:
+        problem = password_problem(new_password)
+        if problem:
+            raise FieldErrors({"newPassword": problem})
+        request_id = await self.registrations.redeem_token(token, RESET_PURPOSE)
+        request = await self.registrations.get(request_id) if request_id else None
+        if request is None or request.email.lower() != email.strip().lower():
+            return False
+        await self._set_password(request, new_password, keep=None)
+        return True
+
+    # --- settings ------------------------------------------------------------------------
+
+    async def change_password(
+        self, request: RegistrationRequest, session: Session, new_password: str
+    ) -> None:
+        problem = password_problem(new_password)
+        if problem:
+            raise FieldErrors({"newPassword": problem})
+        await self._set_password(request, new_password, keep=session)
+
+    async def _set_password(
+        self, request: RegistrationRequest, password: str, keep: Session | None
+    ) -> None:
+        await self.registrations.set_password_hash(request.id, await self.hasher.hash(password))
+        await self.registrations.void_tokens(request.id, RESET_PURPOSE)
+        await self.sessions.end_all_others(request.id, keep)
+        if request.state is State.ACTIVE and request.matrix_user_id:
+            try:
+                await self.synapse.set_password(
+                    request.matrix_user_id,
+                    password,
+                    self.config.web.logout_matrix_devices_on_password_change,
+                )
+            except (HomeserverUnavailable, ProvisioningRefused) as error:
+                log.error(
+                    "Could not set the Matrix password of %s: %s", request.matrix_user_id, error
+                )
+
+    async def set_language(self, request: RegistrationRequest, language: str) -> None:
+        if language not in self.config.registration.languages:
+            raise FieldErrors(
+                {"language": "must be one of " + ", ".join(self.config.registration.languages)}
+            )
+        await self.registrations.set_language(request.id, language)
+
+    async def change_email(self, request: RegistrationRequest, new_email: str) -> None:
+        email = valid_email(new_email, "newEmail")
+        await self.registrations.set_pending_email(request.id, email)
+        await self.registrations.void_tokens(request.id, EMAIL_CHANGE_PURPOSE)
+        await self.mail.email_change(request, email)
+
+    async def confirm_email_change(
+        self, request: RegistrationRequest, token: str
+    ) -> tuple[str, str]:
+        """(status, current email): no-change-in-progress, invalid-token or new-email-confirmed."""
+        if request.pending_email is None:
+            return "no-change-in-progress", request.email
+        redeemed = await self.registrations.redeem_token(token, EMAIL_CHANGE_PURPOSE)
+        if redeemed != request.id:
+            return "invalid-token", request.email
+        old_email = await self.registrations.adopt_pending_email(request.id)
+        await self.registrations.void_tokens(request.id, RESET_PURPOSE)
+        changed = await self.registrations.get(request.id)
+        assert changed is not None
+        assert old_email is not None
+        await self.mail.email_changed(changed, old_email)
+        if (
+            changed.state is State.ACTIVE
+            and changed.matrix_user_id
+            and self.config.homeserver.admin_token
+        ):
+            try:
+                await self.synapse.set_email(changed.matrix_user_id, changed.email)
+            except (HomeserverUnavailable, ProvisioningRefused) as error:
+                log.error(
+                    "Could not update the Matrix email of %s: %s", changed.matrix_user_id, error
+                )
+        return "new-email-confirmed", changed.email
+
+    async def start_2fa(self, request: RegistrationRequest) -> Enrolment:
+        return await self.totp.start_enrolment(request.id, request.email)
+
+    async def enable_2fa(self, request: RegistrationRequest, session: Session, code: str) -> bool:
+        if not await self.totp.confirm_enrolment(request.id, code):
+            return False
+        await self.sessions.end_all_others(request.id, session)
+        return True
+
+    async def disable_2fa(self, request: RegistrationRequest, session: Session) -> None:
+        await self.totp.disable(request.id)
+        await self.sessions.end_all_others(request.id, session)
+
+    async def sudo(
+        self, request: RegistrationRequest, session: Session, password: str
+    ) -> str | None:
+        email = request.email
+        checked, _ = await self._check_password(email, password)
+        if checked is None or checked.id != request.id:
+            return None
+        await self.lockout.success(email)
+        return await self.sessions.grant_sudo(session)

@@ -1,0 +1,116 @@
+"""The mails an applicant gets, each queued in the transaction of the change it tells of."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db.connection import LoggingConnection
+
+from appservice.config import Config
+from appservice.i18n import Catalogue
+from appservice.mailer import Mailer
+from appservice.registrations import (
+    CONFIRM_PURPOSE,
+    EMAIL_CHANGE_PURPOSE,
+    RESET_PURPOSE,
+    STATUS_PURPOSE,
+    RegistrationRequest,
+    Registrations,
+)
+
+CONFIRM_LINK_MS = 60 * 60 * 1000  # SECURITY.md: mail links live at most an hour
+STATUS_LINK_MS = 30 * 24 * 60 * 60 * 1000
+
+
+class ApplicantMail:
+    def __init__(
+        self, config: Config, registrations: Registrations, mailer: Mailer, catalogue: Catalogue
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.mailer = mailer
+        self.catalogue = catalogue
+
+    def user_id(self, request: RegistrationRequest) -> str:
+        return request.user_id(self.config.homeserver.domain)
+
+    async def _send(
+        self,
+        conn: LoggingConnection,
+        request: RegistrationRequest,
+        key: str,
+        to: str | None = None,
+        **params: str,
+    ) -> None:
+        params = {"user_id": self.user_id(request), **params}
+        await self.mailer.enqueue(
+            conn,
+            to or request.email,
+            self.catalogue.text(request.language, f"mail.{key}.subject", **params),
+            self.catalogue.text(request.language, f"mail.{key}.body", **params),
+        )
+
+    async def confirmation(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
+        confirm = await self.registrations.issue_token(
+            conn, request.id, CONFIRM_PURPOSE, CONFIRM_LINK_MS
+        )
+        status = await self.registrations.issue_token(
+            conn, request.id, STATUS_PURPOSE, STATUS_LINK_MS
+        )
+        base = self.config.web.public_base_url
+        await self._send(
+            conn,
+            request,
+            "confirm_email",
+            confirm_link=f"{base}/confirm-email?token={confirm}",
+            status_link=f"{base}/status?token={status}",
+            hours=str(CONFIRM_LINK_MS // 3_600_000),
+        )
+
+    async def _with_link(
+        self,
+        request: RegistrationRequest,
+        key: str,
+        purpose: str,
+        path: str,
+        link_param: str,
+        to: str | None = None,
+    ) -> None:
+        async with self.registrations.db.acquire() as conn, conn.transaction():
+            token = await self.registrations.issue_token(conn, request.id, purpose, CONFIRM_LINK_MS)
+            await self._send(
+                conn,
+                request,
+                key,
+                to,
+                **{link_param: f"{self.config.web.public_base_url}/{path}?token={token}"},
+                hours=str(CONFIRM_LINK_MS // 3_600_000),
+            )
+        self.mailer.wake()
+
+    async def password_reset(self, request: RegistrationRequest) -> None:
+        await self._with_link(
+            request, "password_reset", RESET_PURPOSE, "reset-password", "reset_link"
+        )
+
+    async def email_change(self, request: RegistrationRequest, new_email: str) -> None:
+        await self._with_link(
+            request,
+            "email_change",
+            EMAIL_CHANGE_PURPOSE,
+            "confirm-email-change",
+            "confirm_link",
+            new_email,
+        )
+
+    async def email_changed(self, request: RegistrationRequest, old_email: str) -> None:
+        async with self.registrations.db.acquire() as conn:
+            await self._send(conn, request, "email_changed", old_email, new_email=request.email)
+        self.mailer.wake()
+
+    async def welcome(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
+        await self._send(conn, request, "welcome", homeserver_url=self.config.homeserver.client_url)
+
+    async def rejected(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
+        reason = request.decision_reason or self.catalogue.text(
+            request.language, "mail.rejected.no_reason"
+        )
+        await self._send(conn, request, "rejected", reason=reason)

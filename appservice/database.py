@@ -1,0 +1,120 @@
+"""The database connection (mautrix async_db) and the migration runner."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from mautrix.util.async_db import Database, Scheme
+
+from appservice.config import DatabaseConfig
+from appservice.timeutil import now_ms
+
+log = logging.getLogger("gatekeeper.database")
+
+MIGRATION_FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(sqlite|postgres))?\.sql$")
+# Any fixed number: it only has to be the same in every Gatekeeper process.
+MIGRATION_LOCK_ID = 0x6761746B
+
+
+class DatabaseError(Exception):
+    """The database cannot be used by this version of Gatekeeper."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        # Our migration files keep each statement's closing ';' at the end of a line.
+        parts = re.split(r";\s*$", self.sql, flags=re.MULTILINE)
+        return [p.strip() for p in parts if _without_comments(p).strip()]
+
+
+def _without_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def dialect(db: Database) -> str:
+    return "sqlite" if db.scheme == Scheme.SQLITE else "postgres"
+
+
+def load_migrations(for_dialect: str, package: str = "migrations") -> list[Migration]:
+    """The migrations for one backend, in order; a dialect variant wins over the shared file."""
+    chosen: dict[int, tuple[bool, Migration]] = {}
+    for entry in resources.files(package).iterdir():
+        match = MIGRATION_FILE_RE.match(entry.name)
+        if not match:
+            continue
+        number, name, variant = match.groups()
+        if variant not in (None, for_dialect):
+            continue
+        migration = Migration(int(number), name, entry.read_text(encoding="utf-8"))
+        is_variant = variant is not None
+        previous = chosen.get(migration.version)
+        if previous and previous[0] == is_variant:
+            raise DatabaseError(f"two migration files share number {number}")
+        if not previous or is_variant:
+            chosen[migration.version] = (is_variant, migration)
+    migrations = [chosen[v][1] for v in sorted(chosen)]
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise DatabaseError(f"migration {expected:03d} is missing")
+    return migrations
+
+
+def create_database(config: DatabaseConfig) -> Database:
+    if config.url.startswith("sqlite:"):
+        db_args: dict[str, object] = {"min_size": 1}
+    else:
+        # Keep the process alive when PostgreSQL restarts: the pool reconnects.
+        db_args = {"min_size": 1, "max_size": config.max_connections, "meow_exit_on_ice": False}
+    return Database.create(
+        config.url, db_args=db_args, log=logging.getLogger("gatekeeper.database.sql")
+    )
+
+
+async def upgrade(db: Database, package: str = "migrations") -> list[int]:
+    """Apply pending migrations in one transaction; return the versions applied."""
+    migrations = load_migrations(dialect(db), package)
+    latest = migrations[-1].version if migrations else 0
+    async with db.acquire() as conn, conn.transaction():
+        if db.scheme != Scheme.SQLITE:
+            # Two processes starting at once must not both apply the same migration.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_version (
+                version    INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )"""
+        )
+        current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        if current > latest:
+            raise DatabaseError(
+                f"the database schema is at version {current}, but this Gatekeeper only knows "
+                f"up to version {latest}: upgrade Gatekeeper or restore a matching backup"
+            )
+        applied = []
+        for migration in migrations[current:]:
+            log.info("Applying migration %03d_%s", migration.version, migration.name)
+            for statement in migration.statements():
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                now_ms(),
+            )
+            applied.append(migration.version)
+    return applied
+
+
+async def schema_version(db: Database) -> int:
+    if not await db.table_exists("schema_version"):
+        return 0
+    return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))

@@ -1,0 +1,98 @@
+"""Translated texts: one flat YAML catalogue per language in `appservice/locales`.
+
+English is complete and the fallback for a language or key that is not shipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from collections.abc import Mapping
+from importlib import resources
+from types import MappingProxyType
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+FALLBACK = "en"
+
+
+class CatalogueError(Exception):
+    """A shipped catalogue file cannot be used; the message names the file and key."""
+
+
+def placeholders(template: str) -> set[str]:
+    """The `{names}` a template fills in."""
+    return {
+        field.split(".", 1)[0].split("[", 1)[0]
+        for _, field, _, _ in string.Formatter().parse(template)
+        if field is not None
+    }
+
+
+def _read(name: str, text: str) -> dict[str, str]:
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError:
+        raise CatalogueError(f"locales/{name}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CatalogueError(f"locales/{name}: must be a mapping of keys to texts")
+    for key, value in data.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CatalogueError(f"locales/{name}: {key}: must be a text")
+    return data
+
+
+@functools.cache
+def _shipped() -> Mapping[str, Mapping[str, str]]:
+    """Every catalogue in the package, read once per process."""
+    catalogues: dict[str, Mapping[str, str]] = {}
+    for entry in (resources.files("appservice") / "locales").iterdir():
+        if entry.name.endswith(".yaml"):
+            language = entry.name.removesuffix(".yaml")
+            texts = _read(entry.name, entry.read_text(encoding="utf-8"))
+            catalogues[language] = MappingProxyType(texts)
+    english = catalogues.get(FALLBACK)
+    if not english:
+        raise CatalogueError(f"locales/{FALLBACK}.yaml is missing or empty")
+    for language, texts in catalogues.items():
+        for key, template in texts.items():
+            # A name English does not pass would make formatting fail when the mail is due.
+            unknown = placeholders(template) - placeholders(english.get(key, ""))
+            if key not in english or unknown:
+                problem = "not in en.yaml" if key not in english else f"unknown {sorted(unknown)}"
+                raise CatalogueError(f"locales/{language}.yaml: {key}: {problem}")
+    return MappingProxyType(catalogues)
+
+
+class Catalogue:
+    """The shipped texts, looked up by language and key."""
+
+    def __init__(self) -> None:
+        self._catalogues = _shipped()
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self._catalogues)
+
+    def keys(self, language: str = FALLBACK) -> set[str]:
+        return set(self._catalogues.get(language, {}))
+
+    def template(self, language: str, key: str) -> str:
+        """The raw text for `key`, falling back to English; KeyError if English lacks it too."""
+        for candidate in self._candidates(language):
+            template = self._catalogues.get(candidate, {}).get(key)
+            if template is not None:
+                return template
+        raise KeyError(key)
+
+    def text(self, language: str, key: str, **params: str) -> str:
+        return self.template(language, key).format(**params)
+
+    @staticmethod
+    def _candidates(language: str) -> list[str]:
+        # "de-AT" and "de_AT" use the German catalogue when there is no Austrian one.
+        tag = language.strip().lower().replace("_", "-")
+        return [tag, tag.split("-", 1)[0], FALLBACK]

@@ -1,0 +1,656 @@
+"""Server-rendered pages for people with a browser, over the same services as the JSON API.
+
+They work without JavaScript: plain forms carrying the CSRF field. Every response gets
+the security headers; pages render in the person's language.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from appservice.accounts import Accounts, LoginStatus
+from appservice.captcha import PROVIDERS
+from appservice.config import AntibotConfig, Config
+from appservice.i18n import Catalogue
+from appservice.ratelimit import RateLimited
+from appservice.registrations import STATUS_PURPOSE, Outcome, Registrations, State
+from appservice.sessions import Sessions
+from appservice.signup import (
+    FieldErrors,
+    InviteInvalid,
+    SignUpRefused,
+    SignUps,
+    SignUpsClosed,
+)
+from appservice.totp import Enrolment
+from appservice.web_common import ApiError
+from appservice.web_security import (
+    CSRF_TOKEN,
+    DEVICE_TOKEN,
+    LOGIN_TOKEN,
+    SESSION_KEY,
+    SUDO_TOKEN,
+    Cookies,
+    Csrf,
+)
+
+log = logging.getLogger("gatekeeper.pages")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NONCE_KEY = web.RequestKey("style_nonce", str)
+LANGUAGE_COOKIE = "lang"
+
+
+def security_headers(
+    secure: bool, antibot: AntibotConfig
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    # The proof-of-work widget is a script file of ours with a worker file of ours, and it
+    # fetches its challenge from us; a third-party CAPTCHA adds its provider's origins.
+    # With neither, pages need no script at all.
+    provider = PROVIDERS.get(antibot.captcha)
+    scripts = ""
+    if antibot.proof_of_work or provider:
+        others = f" {provider.origins}" if provider else ""
+        scripts = f"script-src 'self'{others}; worker-src 'self'; connect-src 'self'{others}; " + (
+            f"frame-src {provider.origins}; " if provider else ""
+        )
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        nonce = request.get(NONCE_KEY)
+        style = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; {scripts}style-src {style}; img-src 'self' data: https:; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        if secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+
+    return add
+
+
+class Pages:
+    def __init__(
+        self,
+        config: Config,
+        catalogue: Catalogue,
+        registrations: Registrations,
+        signups: SignUps,
+        accounts: Accounts,
+        sessions: Sessions,
+        cookies: Cookies,
+        csrf: Csrf,
+    ) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.registrations = registrations
+        self.signups = signups
+        self.accounts = accounts
+        self.sessions = sessions
+        self.cookies = cookies
+        self.csrf = csrf
+        self.languages = [
+            (code, catalogue.text(code, "page.language_name"))
+            for code in config.registration.languages
+        ]
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("appservice", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+
+    # --- rendering ---------------------------------------------------------------------
+
+    def language(self, request: web.Request, account_language: str | None = None) -> str:
+        """?lang=, then the account's setting, then the cookie, then Accept-Language."""
+        offered = [code for code, _ in self.languages]
+        for choice in (
+            request.query.get("lang"),
+            account_language,
+            request.cookies.get(LANGUAGE_COOKIE),
+        ):
+            if choice in offered:
+                return str(choice)
+        for part in request.headers.get("Accept-Language", "").split(","):
+            code = part.split(";")[0].strip().lower().split("-")[0]
+            if code in offered:
+                return code
+        return offered[0]
+
+    def translate_errors(self, language: str, errors: dict[str, str]) -> dict[str, str]:
+        known = self.catalogue.keys()
+        return {
+            field: self.catalogue.text(language, f"error.{message}")
+            if f"error.{message}" in known
+            else message
+            for field, message in errors.items()
+        }
+
+    def render(
+        self,
+        request: web.Request,
+        template: str,
+        title_key: str,
+        *,
+        status: int = 200,
+        language: str | None = None,
+        **context: Any,
+    ) -> web.Response:
+        lang = language or self.language(request)
+        session = request.get(SESSION_KEY)
+        csrf_token = self.cookies.get(request, CSRF_TOKEN) or ""
+        fresh_csrf = not (csrf_token and self.csrf.valid(csrf_token, session))
+        if fresh_csrf:
+            csrf_token = self.csrf.new_token(session)
+        nonce = secrets.token_urlsafe(12)
+        request[NONCE_KEY] = nonce
+        server = self.config.web.homeserver_name or self.config.homeserver.domain
+
+        def t(key: str, **params: str) -> str:
+            return self.catalogue.text(lang, key, **params)
+
+        html = self.env.get_template(template).render(
+            t=t,
+            lang=lang,
+            languages=self.languages,
+            title=t(title_key, server=server),
+            server=server,
+            domain=self.config.homeserver.domain,
+            homeserver_url=self.config.homeserver.client_url,
+            accent=self.config.web.accent_colour,
+            logo_url=self.config.web.logo_url,
+            support_contact=self.config.web.support_contact,
+            terms_url=self.config.web.terms_url,
+            style_nonce=nonce,
+            csrf_token=csrf_token,
+            **context,
+        )
+        response = web.Response(text=html, content_type="text/html", status=status)
+        # Pages may carry one-time material (a TOTP key); never keep them in caches.
+        response.headers["Cache-Control"] = "no-store"
+        if fresh_csrf:
+            self.cookies.set(response, CSRF_TOKEN, csrf_token)
+        if request.query.get("lang") == lang:
+            response.set_cookie(LANGUAGE_COOKIE, lang, path="/", samesite="Lax", max_age=31536000)
+        return response
+
+    def message(
+        self,
+        request: web.Request,
+        title_key: str,
+        *paragraphs: str,
+        status: int = 200,
+        **context: Any,
+    ) -> web.Response:
+        return self.render(
+            request,
+            "message.html",
+            title_key,
+            status=status,
+            paragraphs=paragraphs,
+            link=context.pop("link", None),
+            **context,
+        )
+
+    @web.middleware
+    async def errors_as_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Pages answer with pages: a refused request or a crash is explained, never a trace."""
+        if request.path.startswith("/api/") or request.path.startswith("/static/"):
+            return await handler(request)
+        lang = self.language(request)
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return self.message(request, "page.error_title", error.message, status=error.status)
+        except RateLimited as limited:
+            return self.message(
+                request,
+                "page.error_title",
+                self.catalogue.text(
+                    lang, "page.second_factor.locked", time=f"{limited.retry_after} s"
+                ),
+                status=429,
+            )
+        except web.HTTPException as error:
+            if error.status == 404:
+                return self.message(
+                    request,
+                    "page.error_title",
+                    self.catalogue.text(lang, "page.not_found"),
+                    status=404,
+                )
+            raise
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("Page %s failed (reference %s)", request.path, reference)
+            return self.message(
+                request,
+                "page.error_title",
+                self.catalogue.text(lang, "page.error_body", reference=reference),
+                status=500,
+            )
+
+    # --- sign-up and the request's status ------------------------------------------------
+
+    async def _sign_up_page(
+        self,
+        request: web.Request,
+        form: dict[str, str],
+        errors: dict[str, str] | None = None,
+        status: int = 200,
+        message: str = "",
+    ) -> web.Response:
+        invite = form.get("invite", "")
+        closed = None if invite else await self.signups.gate.closed_reason()
+        return self.render(
+            request,
+            "sign_up.html",
+            "page.signup.title",
+            status=status,
+            form=form,
+            errors=errors or {},
+            invite=invite,
+            closed=closed,
+            message=message,
+            require_reason=self.config.registration.require_reason,
+            antibot_pow=self.config.antibot.proof_of_work,
+            antibot_honeypot=self.config.antibot.honeypot,
+            captcha=PROVIDERS.get(self.config.antibot.captcha),
+            captcha_site_key=self.config.antibot.captcha_site_key,
+        )
+
+    async def sign_up_form(self, request: web.Request) -> web.Response:
+        return await self._sign_up_page(request, {"invite": request.query.get("invite", "")})
+
+    async def sign_up(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+        lang = self.language(request)
+        t = self.catalogue.text
+        try:
+            created = await self.signups.sign_up({**form, "language": lang}, request.remote or "")
+        except FieldErrors as error:
+            errors = self.translate_errors(lang, error.errors)
+            return await self._sign_up_page(request, form, errors, 422)
+        except SignUpRefused:
+            message = t(lang, "page.refused")
+            return await self._sign_up_page(request, form, status=403, message=message)
+        except InviteInvalid:
+            message = t(lang, "page.invite_invalid")
+            form = {**form, "invite": ""}
+            return await self._sign_up_page(request, form, status=403, message=message)
+        except SignUpsClosed:
+            return await self._sign_up_page(request, form, status=403)
+        if created.state is State.UNVERIFIED:
+            return self.message(
+                request,
+                "page.check_email.title",
+                t(lang, "page.check_email.body", email=created.email),
+            )
+        return self.message(request, "page.status.title", t(lang, "page.status.pending"))
+
+    def _token_form(self, request: web.Request, page: str, action: str) -> web.Response:
+        """A page whose button posts the link's token: opening a link changes nothing."""
+        return self.render(
+            request,
+            "token_form.html",
+            f"page.{page}.title",
+            token=request.query.get("token", ""),
+            action=action,
+            message="",
+            kind="info",
+            submit=self.catalogue.text(self.language(request), f"page.{page}.submit"),
+        )
+
+    async def confirm_form(self, request: web.Request) -> web.Response:
+        return self._token_form(request, "confirm", "/confirm-email")
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        token = str((await request.post()).get("token", ""))
+        result = await self.registrations.confirm_email(token)
+        lang = self.language(request)
+        key = "page.confirm.invalid" if result.outcome is Outcome.NOT_FOUND else "page.confirm.done"
+        return self.message(request, "page.confirm.title", self.catalogue.text(lang, key))
+
+    async def status(self, request: web.Request) -> web.Response:
+        token = request.query.get("token", "")
+        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        if found is None:
+            lang = self.language(request)
+            return self.message(
+                request,
+                "page.status.title",
+                self.catalogue.text(lang, "page.confirm.invalid"),
+                status=404,
+            )
+        return self.render(
+            request,
+            "status.html",
+            "page.status.title",
+            language=self.language(request, found.language),
+            message="",
+            token=token,
+            state=found.state.value,
+            user_id=found.user_id(self.config.homeserver.domain),
+            can_withdraw=found.state in (State.UNVERIFIED, State.PENDING),
+        )
+
+    async def withdraw(self, request: web.Request) -> web.StreamResponse:
+        token = str((await request.post()).get("token", ""))
+        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        if found is not None:
+            await self.registrations.withdraw(found.id)
+        raise web.HTTPSeeOther(f"/status?token={token}")
+
+    # --- login -------------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        if request.get(SESSION_KEY) is not None:
+            raise web.HTTPSeeOther("/settings")
+        return self.render(request, "login.html", "page.login.title", form={}, message="")
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        email, password = str(form.get("email", "")), str(form.get("password", ""))
+        result = await self.accounts.login(
+            email, password, request.remote or "", self.cookies.get(request, DEVICE_TOKEN)
+        )
+        lang = self.language(request)
+        if result.status is LoginStatus.SECOND_FACTOR_REQUIRED:
+            return self.render(
+                request,
+                "second_factor.html",
+                "page.second_factor.title",
+                form={"email": email, "password": password},
+                message="",
+            )
+        if result.status is LoginStatus.LOGGED_IN:
+            response = redirect("/settings")
+            self.cookies.start_session(response, result, self.csrf)
+            return response
+        return self.render(
+            request,
+            "login.html",
+            "page.login.title",
+            status=401,
+            form={"email": email},
+            message=self.catalogue.text(lang, "page.login.invalid"),
+        )
+
+    async def second_factor(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        email, password = str(form.get("email", "")), str(form.get("password", ""))
+        result = await self.accounts.login_with_second_factor(
+            email,
+            password,
+            str(form.get("secondFactor", "")),
+            form.get("rememberDevice") == "on",
+            request.remote or "",
+        )
+        if result.status is LoginStatus.LOGGED_IN:
+            response = redirect("/settings")
+            self.cookies.start_session(response, result, self.csrf)
+            return response
+        lang = self.language(request)
+        message = self.catalogue.text(lang, "page.second_factor.wrong")
+        if result.timeout_until_ms is not None:
+            until = datetime.fromtimestamp(result.timeout_until_ms / 1000, UTC).strftime(
+                "%H:%M UTC"
+            )
+            message = self.catalogue.text(lang, "page.second_factor.locked", time=until)
+        return self.render(
+            request,
+            "second_factor.html",
+            "page.second_factor.title",
+            status=401,
+            form={"email": email, "password": password},
+            message=message,
+        )
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        session = request.get(SESSION_KEY)
+        if session is not None:
+            await self.sessions.end(session)
+        response = redirect("/login")
+        for cookie in (LOGIN_TOKEN, SUDO_TOKEN, CSRF_TOKEN):
+            self.cookies.clear(response, cookie)
+        return response
+
+    async def forgot_form(self, request: web.Request) -> web.Response:
+        return self.render(request, "forgot.html", "page.forgot.title", message="")
+
+    async def forgot(self, request: web.Request) -> web.Response:
+        email = str((await request.post()).get("email", "")).strip()
+        await self.accounts.request_password_reset(email, request.remote or "")
+        lang = self.language(request)
+        return self.render(
+            request,
+            "forgot.html",
+            "page.forgot.title",
+            message=self.catalogue.text(lang, "page.forgot.sent", email=email),
+        )
+
+    async def reset_form(self, request: web.Request) -> web.Response:
+        return self.render(
+            request,
+            "reset.html",
+            "page.reset.title",
+            token=request.query.get("token", ""),
+            form={},
+            errors={},
+            message="",
+            kind="info",
+        )
+
+    async def reset(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        token, email = str(form.get("token", "")), str(form.get("email", ""))
+        lang = self.language(request)
+        try:
+            done = await self.accounts.reset_password(
+                email, token, str(form.get("newPassword", ""))
+            )
+        except FieldErrors as error:
+            return self.render(
+                request,
+                "reset.html",
+                "page.reset.title",
+                status=422,
+                token=token,
+                form={"email": email},
+                errors=self.translate_errors(lang, error.errors),
+                message="",
+                kind="info",
+            )
+        if not done:
+            return self.render(
+                request,
+                "reset.html",
+                "page.reset.title",
+                status=400,
+                token="",
+                form={},
+                errors={},
+                message=self.catalogue.text(lang, "page.reset.invalid"),
+                kind="error",
+            )
+        return self.message(
+            request,
+            "page.reset.title",
+            self.catalogue.text(lang, "page.reset.done"),
+            link=("/login", self.catalogue.text(lang, "page.login.title")),
+        )
+
+    # --- settings (logged in) -----------------------------------------------------------
+
+    async def _account(self, request: web.Request) -> Any:
+        session = request.get(SESSION_KEY)
+        account = await self.registrations.get(session.request_id) if session else None
+        if session is None or account is None:
+            raise web.HTTPSeeOther("/login")
+        return session, account
+
+    async def settings(
+        self,
+        request: web.Request,
+        *,
+        message_key: str = "",
+        kind: str = "info",
+        errors: dict[str, str] | None = None,
+        enrolment: Enrolment | None = None,
+        status: int = 200,
+        **params: str,
+    ) -> web.Response:
+        session, account = await self._account(request)
+        lang = self.language(request, account.language)
+        return self.render(
+            request,
+            "settings.html",
+            "page.settings.title",
+            status=status,
+            language=lang,
+            email=account.email,
+            state=account.state.value,
+            account_language=account.language,
+            user_id=account.user_id(self.config.homeserver.domain),
+            sudo=self.sessions.has_sudo(session, self.cookies.get(request, SUDO_TOKEN)),
+            tfa_enabled=await self.accounts.totp.is_enabled(account.id),
+            enrolment=enrolment,
+            errors=self.translate_errors(lang, errors or {}),
+            message=self.catalogue.text(lang, message_key, **params) if message_key else "",
+            kind=kind,
+        )
+
+    async def settings_page(self, request: web.Request) -> web.Response:
+        return await self.settings(request)
+
+    async def set_language(self, request: web.Request) -> web.StreamResponse:
+        _, account = await self._account(request)
+        language = str((await request.post()).get("language", ""))
+        await self.accounts.set_language(account, language)
+        response = redirect("/settings")
+        response.set_cookie(LANGUAGE_COOKIE, language, path="/", samesite="Lax", max_age=31536000)
+        return response
+
+    async def sudo(self, request: web.Request) -> web.StreamResponse:
+        session, account = await self._account(request)
+        token = await self.accounts.sudo(
+            account, session, str((await request.post()).get("password", ""))
+        )
+        if token is None:
+            return await self.settings(
+                request, message_key="page.settings.sudo_wrong", kind="error", status=401
+            )
+        response = redirect("/settings")
+        self.cookies.set(response, SUDO_TOKEN, token, int(self.sessions.sudo_ms / 1000))
+        return response
+
+    def _needs_sudo(self, request: web.Request, session: Any) -> None:
+        if not self.sessions.has_sudo(session, self.cookies.get(request, SUDO_TOKEN)):
+            raise web.HTTPSeeOther("/settings")
+
+    async def change_email(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        new_email = str((await request.post()).get("newEmail", ""))
+        try:
+            await self.accounts.change_email(account, new_email)
+        except FieldErrors as error:
+            return await self.settings(request, errors=error.errors, status=422)
+        return await self.settings(request, message_key="page.settings.email_sent", email=new_email)
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        try:
+            await self.accounts.change_password(
+                account, session, str((await request.post()).get("newPassword", ""))
+            )
+        except FieldErrors as error:
+            return await self.settings(request, errors=error.errors, status=422)
+        return await self.settings(request, message_key="page.settings.password_done")
+
+    async def start_2fa(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        return await self.settings(request, enrolment=await self.accounts.start_2fa(account))
+
+    async def enable_2fa(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        code = str((await request.post()).get("secondFactor", ""))
+        if not await self.accounts.enable_2fa(account, session, code):
+            return await self.settings(
+                request, message_key="page.second_factor.wrong", kind="error", status=422
+            )
+        return await self.settings(request, message_key="page.settings.tfa_enabled")
+
+    async def disable_2fa(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        await self.accounts.disable_2fa(account, session)
+        return await self.settings(request, message_key="page.settings.tfa_disabled")
+
+    async def email_change_form(self, request: web.Request) -> web.Response:
+        await self._account(request)
+        return self._token_form(request, "email_change", "/confirm-email-change")
+
+    async def confirm_email_change(self, request: web.Request) -> web.Response:
+        _, account = await self._account(request)
+        token = str((await request.post()).get("token", ""))
+        status, email = await self.accounts.confirm_email_change(account, token)
+        lang = self.language(request, account.language)
+        key = (
+            "page.email_change.done"
+            if status == "new-email-confirmed"
+            else "page.email_change.invalid"
+        )
+        return self.message(
+            request, "page.email_change.title", self.catalogue.text(lang, key, email=email)
+        )
+
+    async def home(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/sign-up")
+
+    def routes(self, app: web.Application) -> None:
+        add = app.router
+        add.add_get("/", self.home)
+        add.add_get("/sign-up", self.sign_up_form)
+        add.add_post("/sign-up", self.sign_up)
+        add.add_get("/confirm-email", self.confirm_form)
+        add.add_post("/confirm-email", self.confirm)
+        add.add_get("/status", self.status)
+        add.add_post("/status/withdraw", self.withdraw)
+        add.add_get("/login", self.login_form)
+        add.add_post("/login", self.login)
+        add.add_post("/login/second-factor", self.second_factor)
+        add.add_post("/logout", self.logout)
+        add.add_get("/forgot-password", self.forgot_form)
+        add.add_post("/forgot-password", self.forgot)
+        add.add_get("/reset-password", self.reset_form)
+        add.add_post("/reset-password", self.reset)
+        add.add_get("/settings", self.settings_page)
+        add.add_post("/settings/language", self.set_language)
+        add.add_post("/settings/sudo", self.sudo)
+        add.add_post("/settings/email", self.change_email)
+        add.add_post("/settings/password", self.change_password)
+        add.add_post("/settings/2fa/start", self.start_2fa)
+        add.add_post("/settings/2fa/enable", self.enable_2fa)
+        add.add_post("/settings/2fa/disable", self.disable_2fa)
+        add.add_get("/confirm-email-change", self.email_change_form)
+        add.add_post("/confirm-email-change", self.confirm_email_change)
+        add.add_static("/static", str(resources.files("appservice") / "static"))
+
+
+def redirect(location: str) -> web.Response:
+    """A 303 that can carry cookies (a returned HTTPException is deprecated in aiohttp)."""
+    return web.Response(status=303, headers={"Location": location})

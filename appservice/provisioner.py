@@ -1,0 +1,102 @@
+"""Creating approved accounts on Synapse from the persistent queue, with back-off."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from appservice.applicant_mail import ApplicantMail
+from appservice.config import Config
+from appservice.crypto import SecretBox, TamperedSecret
+from appservice.registrations import RegistrationRequest, Registrations
+from appservice.synapse_admin import (
+    AccountTaken,
+    HomeserverUnavailable,
+    ProvisioningRefused,
+    SynapseAdmin,
+)
+from appservice.timeutil import now_ms
+
+log = logging.getLogger("gatekeeper.provisioner")
+
+# Without an admin token, newcomers are invited to their rooms by the bot instead.
+Inviter = Callable[[str, str], Awaitable[None]]
+
+
+class Provisioner:
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        synapse: SynapseAdmin,
+        box: SecretBox,
+        mail: ApplicantMail,
+        invite: Inviter,
+    ) -> None:
+        self.config = config.registration
+        self.has_admin_token = config.homeserver.admin_token is not None
+        self.registrations = registrations
+        self.synapse = synapse
+        self.box = box
+        self.mail = mail
+        self.invite = invite
+
+    async def step(self) -> float | None:
+        """Provision every due request; return seconds until the next retry is due."""
+        while (request := await self.registrations.claim_for_provisioning()) is not None:
+            await self.provision(request)
+        due = await self.registrations.next_provisioning_due()
+        return None if due is None else (due - now_ms()) / 1000
+
+    async def provision(self, request: RegistrationRequest) -> None:
+        try:
+            password = self.box.decrypt(request.password_encrypted or "")
+        except TamperedSecret:
+            await self.registrations.fail_provisioning(
+                request.id, "the stored password cannot be decrypted (key removed or data altered)"
+            )
+            return
+        try:
+            user_id = await self.synapse.create_account(
+                request.localpart, password, displayname=request.localpart, email=request.email
+            )
+        except AccountTaken:
+            await self.registrations.fail_provisioning(
+                request.id, "the name was taken on the homeserver in the meantime"
+            )
+        except (HomeserverUnavailable, ProvisioningRefused) as error:
+            await self._retry_or_fail(request, str(error))
+        else:
+            result = await self.registrations.finish_provisioning(
+                request.id, user_id, after=self.mail.welcome
+            )
+            if result.changed:
+                log.info("Created %s for request %s", user_id, request.id)
+                await self._join_newcomer_rooms(user_id)
+
+    async def _retry_or_fail(self, request: RegistrationRequest, error: str) -> None:
+        attempts = request.provision_attempts
+        if attempts >= self.config.provisioning_max_attempts:
+            log.error("Giving up on request %s after %d attempts: %s", request.id, attempts, error)
+            await self.registrations.fail_provisioning(
+                request.id, f"gave up after {attempts} attempts: {error}"
+            )
+            return
+        delay = min(
+            self.config.retry_initial_seconds * 2 ** (attempts - 1), self.config.retry_max_seconds
+        )
+        log.warning(
+            "Request %s: attempt %d failed (%s); next in %.0f s", request.id, attempts, error, delay
+        )
+        await self.registrations.retry_provisioning(request.id, error, now_ms() + int(delay * 1000))
+
+    async def _join_newcomer_rooms(self, user_id: str) -> None:
+        for room in self.config.newcomer_rooms:
+            try:
+                if self.has_admin_token:
+                    await self.synapse.join_room(user_id, room)
+                else:
+                    await self.invite(user_id, room)
+            except Exception:
+                # The account exists; a room that fails to take them in is the admins' to fix.
+                log.exception("Could not bring %s into %s", user_id, room)

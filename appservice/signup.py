@@ -1,0 +1,226 @@
+"""Sign-up: checking what an applicant sent, then storing it with its confirmation mail."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from mautrix.util.async_db.connection import LoggingConnection
+
+from appservice.antibot import AntiBot
+from appservice.applicant_mail import ApplicantMail
+from appservice.captcha import Captcha
+from appservice.config import Config
+from appservice.crypto import SecretBox
+from appservice.gate import Gate
+from appservice.passwords import PasswordHasher, password_problem
+from appservice.ratelimit import Limit, RateLimiter, address_key
+from appservice.registrations import (
+    NameAlreadyRequested,
+    NewRequest,
+    RegistrationRequest,
+    Registrations,
+)
+from appservice.synapse_admin import Availability, SynapseAdmin
+
+log = logging.getLogger("gatekeeper.signup")
+
+LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+MAX_USER_ID_BYTES = 255  # the Matrix spec's limit on a whole user ID
+MAX_REASON_CHARS = 2000
+RESEND_AFTER_MS = 60 * 1000  # one confirmation mail a minute per request, at most
+
+
+class SignUpRefused(Exception):
+    """Refused for a reason the applicant is not told (block, anti-bot): one neutral answer."""
+
+
+class SignUpsClosed(Exception):
+    """The admins paused sign-ups; the reason is shown."""
+
+
+class InviteInvalid(Exception):
+    """The invite link is unknown, used up, expired or revoked (checked before any mail)."""
+
+
+class FieldErrors(Exception):
+    """Bad input, by field (the API's camelCase names); nothing has been written."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(", ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class SignUpForm:
+    localpart: str
+    email: str
+    language: str
+    password: str
+    reason: str
+
+
+def valid_email(value: str, field: str) -> str:
+    """The normalised address (no DNS lookup: the machine may have no network)."""
+    try:
+        return str(validate_email(value.strip(), check_deliverability=False).normalized)
+    except EmailNotValidError:
+        raise FieldErrors({field: "is not a valid email address"}) from None
+
+
+def _text(body: dict[str, Any], key: str, errors: dict[str, str], required: bool = True) -> str:
+    value = body.get(key)
+    if value is None or value == "":
+        if required:
+            errors[key] = "is required"
+        return ""
+    if not isinstance(value, str):
+        errors[key] = "must be a string"
+        return ""
+    return value
+
+
+class SignUps:
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        synapse: SynapseAdmin,
+        hasher: PasswordHasher,
+        box: SecretBox,
+        mail: ApplicantMail,
+        limiter: RateLimiter,
+        gate: Gate,
+        antibot: AntiBot,
+        captcha: Captcha,
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.synapse = synapse
+        self.hasher = hasher
+        self.box = box
+        self.mail = mail
+        self.limiter = limiter
+        self.gate = gate
+        self.antibot = antibot
+        self.captcha = captcha
+        self.limit = Limit(config.security.signups_per_hour, 3600)
+
+    def user_id(self, localpart: str) -> str:
+        return f"@{localpart}:{self.config.homeserver.domain}"
+
+    def parse(self, body: dict[str, Any]) -> SignUpForm:
+        """Checks that need no peer: grammar, lengths, email syntax, password rules."""
+        errors: dict[str, str] = {}
+        localpart = _text(body, "userName", errors).strip().lower()
+        email = _text(body, "email", errors).strip()
+        language = (
+            _text(body, "language", errors, required=False)
+            or (self.config.registration.languages[0])
+        )
+        password = _text(body, "password", errors)
+        reason = _text(body, "reason", errors, self.config.registration.require_reason).strip()
+
+        if localpart and "userName" not in errors:
+            if len(self.user_id(localpart).encode()) > MAX_USER_ID_BYTES:
+                errors["userName"] = "is too long"
+            elif not LOCALPART_RE.match(localpart):
+                errors["userName"] = "may only contain a-z, 0-9 and . _ = - / +"
+            elif self._reserved(localpart):
+                errors["userName"] = "is reserved"
+        if email and "email" not in errors:
+            try:
+                email = valid_email(email, "email")
+            except FieldErrors as error:
+                errors.update(error.errors)
+        if language not in self.config.registration.languages:
+            errors["language"] = "must be one of " + ", ".join(self.config.registration.languages)
+        if password and "password" not in errors:
+            problem = password_problem(password)
+            if problem:
+                errors["password"] = problem
+        if len(reason) > MAX_REASON_CHARS:
+            errors["reason"] = f"must be at most {MAX_REASON_CHARS} characters"
+        if errors:
+            raise FieldErrors(errors)
+        return SignUpForm(localpart, email, language, password, reason)
+
+    def _reserved(self, localpart: str) -> bool:
+        if localpart == self.config.appservice.bot_username:
+            return True
+        return any(
+            fnmatch.fnmatchcase(localpart, p) for p in self.config.registration.reserved_usernames
+        )
+
+    async def check_name_free(self, localpart: str) -> None:
+        if await self.registrations.name_requested(localpart):
+            raise FieldErrors({"userName": "is already taken"})
+        availability = await self.synapse.username_available(localpart)
+        if availability is Availability.TAKEN:
+            raise FieldErrors({"userName": "is already taken"})
+        if availability is Availability.RESERVED:
+            raise FieldErrors({"userName": "is reserved"})
+        if availability is Availability.INVALID:
+            raise FieldErrors({"userName": "is not allowed by the homeserver"})
+
+    async def sign_up(self, body: dict[str, Any], address: str) -> RegistrationRequest:
+        await self.limiter.hit(address_key("signup", address), self.limit)
+        invite = None
+        if body.get("invite"):
+            invite = await self.gate.valid_invite(str(body["invite"]))
+            if invite is None:
+                raise InviteInvalid
+        else:
+            reason = await self.gate.closed_reason()
+            if reason is not None:
+                raise SignUpsClosed(reason)
+        if not self.antibot.verify(body) or not await self.captcha.verify(body, address):
+            raise SignUpRefused("the anti-bot check failed")
+        form = self.parse(body)
+        why = await self.gate.blocked_by(form.localpart, form.email, address)
+        if why is not None:
+            if self.config.registration.tell_room_about_blocked:
+                await self.gate.tell_room(
+                    f"Refused a sign-up for {self.user_id(form.localpart)}: {why}."
+                )
+            raise SignUpRefused(why)
+        await self.check_name_free(form.localpart)
+        new = NewRequest(
+            localpart=form.localpart,
+            email=form.email,
+            language=form.language,
+            reason=form.reason,
+            password_hash=await self.hasher.hash(form.password),
+            password_encrypted=self.box.encrypt(form.password),
+            invite_id=invite.id if invite else None,
+        )
+        confirmed = not self.config.registration.require_email_confirmation
+
+        async def after(conn: LoggingConnection, request: RegistrationRequest) -> None:
+            # In the sign-up's transaction: a use of the invite and the request go together.
+            if invite is not None and not await Gate.claim_invite(conn, invite.id):
+                raise InviteInvalid
+            if not confirmed:
+                await self.mail.confirmation(conn, request)
+
+        try:
+            created = await self.registrations.create(new, confirmed=confirmed, after=after)
+        except NameAlreadyRequested:
+            raise FieldErrors({"userName": "is already taken"}) from None
+        if invite is None:
+            await self.gate.apply_daily_cap()
+        return created
+
+    async def resend_confirmation(self, email: str) -> None:
+        """Send a fresh link to every unconfirmed request of this address (if any)."""
+        for request in await self.registrations.unconfirmed_for_email(
+            email.strip(), RESEND_AFTER_MS
+        ):
+            async with self.registrations.db.acquire() as conn, conn.transaction():
+                await self.mail.confirmation(conn, request)
+            self.mail.mailer.wake()
+            log.info("Confirmation mail sent again for request %s", request.id)

@@ -1,0 +1,473 @@
+"""The client that checks usernames and creates accounts on Synapse.
+
+It speaks the admin API with an admin token, else shared-secret registration, and turns
+every answer into a value or into one of three exceptions: retry later, refused, taken.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from appservice.config import HomeserverConfig
+
+log = logging.getLogger("gatekeeper.synapse")
+
+NOT_CONFIGURED = "GK_NOT_CONFIGURED"
+# Synapse's own rules for new localparts (RegistrationHandler.check_username).
+_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+_GUEST_LOCALPART_RE = re.compile(r"^\d+$")
+_MAX_USER_ID_LENGTH = 255
+_DEVICE_NAME = "Gatekeeper password check"
+
+
+class HomeserverUnavailable(Exception):
+    """The homeserver did not answer usefully (connection, timeout, 5xx, 429): retry later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProvisioningRefused(Exception):
+    """The homeserver refused for good (a 4xx); `errcode` is Synapse's, or a GK_* of ours."""
+
+    def __init__(self, errcode: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+        self.status = status
+
+
+class AccountTaken(ProvisioningRefused):
+    """The user ID exists and the applicant's password does not open it."""
+
+
+class Availability(enum.Enum):
+    AVAILABLE = "available"
+    TAKEN = "taken"
+    INVALID = "invalid"
+    RESERVED = "reserved"  # in an appservice's exclusive namespace
+
+
+_ERRCODE_AVAILABILITY = {
+    "M_USER_IN_USE": Availability.TAKEN,
+    "M_INVALID_USERNAME": Availability.INVALID,
+    "M_EXCLUSIVE": Availability.RESERVED,
+}
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def errcode(self) -> str:
+        return str(self.body.get("errcode", "M_UNKNOWN"))
+
+    def refused(
+        self, what: str, error_class: type[ProvisioningRefused] = ProvisioningRefused
+    ) -> ProvisioningRefused:
+        # Synapse's error texts never echo passwords or tokens; cap them all the same.
+        detail = str(self.body.get("error", ""))[:200]
+        message = f"{what}: HTTP {self.status} {self.errcode}" + (f": {detail}" if detail else "")
+        return error_class(self.errcode, message, self.status)
+
+
+def _path_part(value: str) -> str:
+    return quote(value, safe="")
+
+
+class SynapseAdmin:
+    """One HTTP session to the homeserver; `start` before use, `close` after."""
+
+    def __init__(self, config: HomeserverConfig, as_token: str) -> None:
+        self.config = config
+        self._as_token = as_token
+        self._admin_token = (
+            config.admin_token.get_secret_value() if config.admin_token is not None else None
+        )
+        self._shared_secret = (
+            config.registration_shared_secret.get_secret_value()
+            if config.registration_shared_secret is not None
+            else None
+        )
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._bot_user_id: str | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def user_id(self, localpart: str) -> str:
+        return f"@{localpart}:{self.config.domain}"
+
+    # --- usernames -------------------------------------------------------------------------
+
+    async def username_available(self, localpart: str) -> Availability:
+        if self._admin_token is not None:
+            # Authoritative, whatever enable_registration or inhibit_user_in_use_error say.
+            answer = await self._request(
+                "GET",
+                "/_synapse/admin/v1/username_available",
+                token=self._admin_token,
+                params={"username": localpart},
+                what="checking a username (admin API)",
+            )
+            return self._availability(answer, "checking a username (admin API)")
+        answer = await self._request(
+            "GET",
+            "/_matrix/client/v3/register/available",
+            params={"username": localpart},
+            what="checking a username",
+        )
+        if answer.status == 400:
+            return self._availability(answer, "checking a username")
+        if answer.status not in (200, 403):
+            raise answer.refused("checking a username")
+        # 403: registration is disabled (Synapse exempts nobody, appservices included).
+        # 200 is no proof either: inhibit_user_in_use_error makes every name "available".
+        if not self._valid_localpart(localpart):
+            return Availability.INVALID
+        if self.user_id(localpart) == await self._bot():
+            return Availability.RESERVED
+        return Availability.TAKEN if await self._exists(localpart) else Availability.AVAILABLE
+
+    def _availability(self, answer: _Answer, what: str) -> Availability:
+        if answer.status == 200:
+            return Availability.AVAILABLE
+        if answer.status == 400 and answer.errcode in _ERRCODE_AVAILABILITY:
+            return _ERRCODE_AVAILABILITY[answer.errcode]
+        raise answer.refused(what)
+
+    def _valid_localpart(self, localpart: str) -> bool:
+        # Leading "_" is only allowed by a Synapse option we cannot see; assume its default.
+        return (
+            bool(_LOCALPART_RE.match(localpart))
+            and not localpart.startswith("_")
+            and not _GUEST_LOCALPART_RE.match(localpart)
+            and len(self.user_id(localpart)) <= _MAX_USER_ID_LENGTH
+        )
+
+    async def _bot(self) -> str:
+        if self._bot_user_id is None:
+            answer = await self._request(
+                "GET",
+                "/_matrix/client/v3/account/whoami",
+                token=self._as_token,
+                what="asking who the appservice is",
+            )
+            if answer.status != 200 or "user_id" not in answer.body:
+                raise answer.refused("asking who the appservice is")
+            self._bot_user_id = str(answer.body["user_id"])
+        return self._bot_user_id
+
+    async def _exists(self, localpart: str) -> bool:
+        """Whether the user has a profile row, which Synapse creates for every local account.
+
+        The display name field is asked for, not the whole profile: the whole profile is a 404
+        for a user without display name and avatar, the field is then a 200 with `{}`.
+        """
+        user_id = self.user_id(localpart)
+        what = f"looking up {user_id}"
+        answer = await self._request(
+            "GET",
+            f"/_matrix/client/v3/profile/{_path_part(user_id)}/displayname",
+            token=self._as_token,
+            what=what,
+        )
+        if answer.status == 200:
+            return True
+        if answer.status == 404 and answer.errcode == "M_NOT_FOUND":
+            return False
+        raise answer.refused(what)
+
+    # --- accounts --------------------------------------------------------------------------
+
+    async def create_account(
+        self, localpart: str, password: str, displayname: str | None, email: str | None
+    ) -> str:
+        """Create the account, or accept the one an earlier attempt made; return its user ID."""
+        # Synapse applies its other rules itself; this one keeps the user ID we compute
+        # (and the shared-secret MAC, over the name as sent) equal to what Synapse stores.
+        if not _LOCALPART_RE.match(localpart):
+            raise ProvisioningRefused(
+                "M_INVALID_USERNAME", f"{localpart!r} is not a valid Matrix localpart"
+            )
+        user_id = self.user_id(localpart)
+        if self._admin_token is not None:
+            return await self._create_with_admin_api(user_id, password, displayname, email)
+        if self._shared_secret is not None:
+            return await self._create_with_shared_secret(localpart, password, displayname)
+        raise self._not_configured("create accounts")
+
+    async def _create_with_admin_api(
+        self, user_id: str, password: str, displayname: str | None, email: str | None
+    ) -> str:
+        assert self._admin_token is not None
+        path = f"/_synapse/admin/v2/users/{_path_part(user_id)}"
+        what = f"looking up {user_id} (admin API)"
+        answer = await self._request("GET", path, token=self._admin_token, what=what)
+        if answer.status == 200:
+            return await self._accept_if_ours(user_id, password)
+        if answer.status != 404 or answer.errcode != "M_NOT_FOUND":
+            raise answer.refused(what)
+        # The PUT is an upsert: it goes out only for a user that did not exist a moment ago,
+        # so a retry never resets a password the user has changed since.
+        body: dict[str, Any] = {"password": password}
+        if displayname is not None:
+            body["displayname"] = displayname
+        if email is not None:
+            body["threepids"] = [{"medium": "email", "address": email}]
+        what = f"creating {user_id} (admin API)"
+        answer = await self._request(
+            "PUT", path, token=self._admin_token, json_body=body, what=what
+        )
+        if answer.status == 201:
+            log.info("Created %s with the admin API", user_id)
+            return str(answer.body.get("name", user_id))
+        if answer.status == 200:
+            # Someone created it between our GET and PUT; ours by now either way.
+            log.warning("%s appeared while it was being created", user_id)
+            return user_id
+        if answer.status == 400 and answer.errcode == "M_USER_IN_USE":
+            # The same name in other letter case: Synapse matches names case-insensitively.
+            raise answer.refused(what, AccountTaken)
+        raise answer.refused(what)
+
+    async def _create_with_shared_secret(
+        self, localpart: str, password: str, displayname: str | None
+    ) -> str:
+        assert self._shared_secret is not None
+        endpoint = "/_synapse/admin/v1/register"
+        what = "getting a registration nonce"
+        answer = await self._request("GET", endpoint, what=what)
+        if answer.status != 200 or "nonce" not in answer.body:
+            raise answer.refused(what)
+        nonce = str(answer.body["nonce"])
+        signed = "\x00".join((nonce, localpart, password, "notadmin"))
+        mac = hmac.new(self._shared_secret.encode(), signed.encode(), hashlib.sha1).hexdigest()
+        body: dict[str, Any] = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password,
+            "admin": False,
+            "mac": mac,
+            # No device and access token: Gatekeeper never acts as the user.
+            "inhibit_login": True,
+        }
+        if displayname is not None:
+            body["displayname"] = displayname
+        user_id = self.user_id(localpart)
+        what = f"registering {user_id} (shared secret)"
+        answer = await self._request("POST", endpoint, json_body=body, what=what)
+        if answer.status == 200:
+            log.info("Created %s by shared-secret registration", user_id)
+            return str(answer.body.get("user_id", user_id))
+        if answer.status == 400 and answer.errcode == "M_USER_IN_USE":
+            return await self._accept_if_ours(user_id, password)
+        if answer.status == 403:
+            raise ProvisioningRefused(
+                answer.errcode,
+                f"{what}: HTTP 403 {answer.errcode}: Synapse rejected the MAC; check "
+                "homeserver.registration_shared_secret",
+                403,
+            )
+        raise answer.refused(what)
+
+    async def _accept_if_ours(self, user_id: str, password: str) -> str:
+        if await self._is_ours(user_id, password):
+            log.info("%s already exists and opens with the applicant's password", user_id)
+            return user_id
+        raise AccountTaken("M_USER_IN_USE", f"{user_id} already exists and is not ours")
+
+    async def _is_ours(self, user_id: str, password: str) -> bool:
+        """An existing account is ours (made by an attempt whose answer was lost) if the
+        applicant's password opens it."""
+        return await self.login_works(user_id, password)
+
+    async def login_works(self, user_id: str, password: str) -> bool:
+        """Whether the password logs in; the session it opens is closed again at once."""
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": password,
+            "initial_device_display_name": _DEVICE_NAME,
+        }
+        what = f"checking the password of {user_id}"
+        answer = await self._request("POST", "/_matrix/client/v3/login", json_body=body, what=what)
+        if answer.status in (401, 403):
+            # M_FORBIDDEN (wrong password or no such user), M_USER_DEACTIVATED, M_USER_LOCKED.
+            return False
+        if answer.status != 200 or "access_token" not in answer.body:
+            raise answer.refused(what)
+        await self._logout(user_id, str(answer.body["access_token"]), answer.body.get("device_id"))
+        return True
+
+    async def _logout(self, user_id: str, access_token: str, device_id: object) -> None:
+        """Close the check's session; a device left behind would show in the user's list."""
+        try:
+            answer = await self._request(
+                "POST",
+                "/_matrix/client/v3/logout",
+                token=access_token,
+                json_body={},
+                what=f"logging {user_id} out",
+            )
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status} {answer.errcode}"
+        except HomeserverUnavailable as error:
+            problem = str(error)
+        if self._admin_token is not None and isinstance(device_id, str):
+            answer = await self._request(
+                "DELETE",
+                f"/_synapse/admin/v2/users/{_path_part(user_id)}/devices/{_path_part(device_id)}",
+                token=self._admin_token,
+                what=f"deleting a device of {user_id}",
+            )
+            if answer.status == 200:
+                return
+        log.warning("Could not log out device %s of %s: %s", device_id, user_id, problem)
+
+    async def set_password(self, user_id: str, password: str, logout_devices: bool) -> None:
+        await self._admin_call(
+            "set passwords",
+            f"setting the password of {user_id}",
+            "POST",
+            f"/_synapse/admin/v1/reset_password/{_path_part(user_id)}",
+            {"new_password": password, "logout_devices": logout_devices},
+        )
+
+    async def set_email(self, user_id: str, email: str) -> None:
+        """Replace the account's email threepid (the PUT carries no password: safe to repeat)."""
+        await self._admin_call(
+            "update email addresses",
+            f"setting the email of {user_id}",
+            "PUT",
+            f"/_synapse/admin/v2/users/{_path_part(user_id)}",
+            {"threepids": [{"medium": "email", "address": email}]},
+        )
+
+    async def join_room(self, user_id: str, room_id_or_alias: str) -> None:
+        await self._admin_call(
+            "join users to rooms",
+            f"joining {user_id} to {room_id_or_alias}",
+            "POST",
+            f"/_synapse/admin/v1/join/{_path_part(room_id_or_alias)}",
+            {"user_id": user_id},
+        )
+
+    async def _admin_call(
+        self, task: str, what: str, method: str, path: str, body: dict[str, Any]
+    ) -> None:
+        """One admin-API call that needs the admin token and must answer 200."""
+        token = self._require_admin_token(task)
+        answer = await self._request(method, path, token=token, json_body=body, what=what)
+        if answer.status != 200:
+            raise answer.refused(what)
+
+    def _require_admin_token(self, task: str) -> str:
+        if self._admin_token is None:
+            raise ProvisioningRefused(
+                NOT_CONFIGURED, f"to {task}, set homeserver.admin_token (a Synapse admin's token)"
+            )
+        return self._admin_token
+
+    def _not_configured(self, task: str) -> ProvisioningRefused:
+        return ProvisioningRefused(
+            NOT_CONFIGURED,
+            f"to {task}, set homeserver.registration_shared_secret or homeserver.admin_token",
+        )
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+    ) -> _Answer:
+        """One call; 2xx-4xx come back as answers, everything worth retrying is raised."""
+        if self._session is None:
+            raise RuntimeError("SynapseAdmin.start() was not called")
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        try:
+            async with self._session.request(
+                method,
+                self.config.address + path,
+                params=params,
+                json=json_body,
+                headers=headers,
+                timeout=self._timeout,
+                # A redirect could carry the token elsewhere; the address must be the API itself.
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                text = await response.text(errors="replace")
+                retry_after_header = response.headers.get("Retry-After")
+        except TimeoutError:
+            raise HomeserverUnavailable(
+                f"{what}: no answer within {self.config.request_timeout:g} s"
+            ) from None
+        except aiohttp.ClientError as error:
+            # Chained to nothing: aiohttp errors may hold the request's headers (the token).
+            raise HomeserverUnavailable(f"{what}: {type(error).__name__}: {error}") from None
+        parsed = _json_object(text)
+        body = parsed if parsed is not None else {}
+        log.debug("%s %s → HTTP %d", method, path.split("?")[0], status)
+        if status == 429 or status >= 500:
+            errcode = body.get("errcode", "")
+            raise HomeserverUnavailable(
+                f"{what}: HTTP {status}" + (f" {errcode}" if errcode else ""),
+                retry_after=_retry_after(body, retry_after_header),
+            )
+        if 300 <= status < 400:
+            raise ProvisioningRefused(
+                "GK_REDIRECT",
+                f"{what}: HTTP {status} redirect; set homeserver.address to the client API itself",
+                status,
+            )
+        if 200 <= status < 300 and parsed is None:
+            raise ProvisioningRefused(
+                "GK_NOT_MATRIX",
+                f"{what}: HTTP {status} without a JSON answer; is homeserver.address a homeserver?",
+                status,
+            )
+        return _Answer(status, body)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _retry_after(body: dict[str, Any], header: str | None) -> float | None:
+    milliseconds = body.get("retry_after_ms")
+    if isinstance(milliseconds, int | float) and not isinstance(milliseconds, bool):
+        return float(milliseconds) / 1000
+    if header is not None and header.strip().isdigit():
+        return float(header.strip())
+    return None

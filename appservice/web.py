@@ -1,0 +1,317 @@
+"""The applicants' web endpoint: a JSON API under /api, with one error shape for every failure."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from appservice.config import Config
+from appservice.decisions import Decisions
+from appservice.openapi import openapi_document
+from appservice.pages import Pages, security_headers
+from appservice.ratelimit import RateLimited
+from appservice.registrations import (
+    STATUS_PURPOSE,
+    Outcome,
+    RegistrationRequest,
+    Registrations,
+    Result,
+    State,
+)
+from appservice.signup import (
+    FieldErrors,
+    InviteInvalid,
+    SignUpRefused,
+    SignUps,
+    SignUpsClosed,
+)
+from appservice.synapse_admin import HomeserverUnavailable
+from appservice.web_account import AccountApi
+from appservice.web_common import MAX_BODY_BYTES, ApiError, json_body, text_field
+
+log = logging.getLogger("gatekeeper.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(errcode: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"errcode": errcode, "error": message, **extra}
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        extra = {"field": error.field} if error.field else {}
+        return web.json_response(
+            error_body(error.errcode, error.message, **extra),
+            status=error.status,
+            headers=error.headers,
+        )
+    except RateLimited as limited:
+        return web.json_response(
+            error_body(
+                "GK_RATE_LIMITED", f"Too many attempts; try again in {limited.retry_after} s."
+            ),
+            status=429,
+            headers={"Retry-After": str(limited.retry_after)},
+        )
+    except FieldErrors as error:
+        field, message = next(iter(error.errors.items()))
+        return web.json_response(
+            error_body("GK_INVALID_FIELD", f"{field} {message}", field=field, fields=error.errors),
+            status=422,
+        )
+    except HomeserverUnavailable:
+        return web.json_response(
+            error_body(
+                "GK_HOMESERVER_UNAVAILABLE", "The homeserver is not answering; try again soon."
+            ),
+            status=503,
+        )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return web.json_response(
+            error_body(f"GK_HTTP_{error.status}", error.reason), status=error.status
+        )
+    except Exception:
+        reference = secrets.token_hex(4)
+        log.exception(
+            "Unexpected error on %s %s (reference %s)", request.method, request.path, reference
+        )
+        return web.json_response(
+            error_body("GK_INTERNAL", f"Something went wrong (reference {reference})."), status=500
+        )
+
+
+def iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+class WebApi:
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        signups: SignUps,
+        decisions: Decisions,
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.signups = signups
+        self.decisions = decisions
+
+    def user_id(self, request: RegistrationRequest) -> str:
+        return request.user_id(self.config.homeserver.domain)
+
+    # --- applicants --------------------------------------------------------------------
+
+    async def sign_up(self, request: web.Request) -> web.Response:
+        """Ask for an account.
+
+        `{"userName": "ann", "email": "ann@example.org", "password": "…", "language": "en",
+        "reason": "…"}` → 201 `{"status": "unverified", "userId": "@ann:example.org"}`
+        """
+        try:
+            created = await self.signups.sign_up(await json_body(request), request.remote or "")
+        except SignUpRefused:
+            raise ApiError(403, "GK_SIGNUP_REFUSED", "This sign-up was not accepted.") from None
+        except SignUpsClosed as closed:
+            raise ApiError(403, "GK_SIGNUPS_CLOSED", f"Sign-ups are paused: {closed}") from None
+        except InviteInvalid:
+            raise ApiError(
+                403, "GK_INVITE_INVALID", "This invite is not valid (any more).", "invite"
+            ) from None
+        return web.json_response(
+            {"status": created.state.value, "userId": self.user_id(created)}, status=201
+        )
+
+    async def confirm_email(self, request: web.Request) -> web.Response:
+        """`{"token": "…"}` → `{"status"}`: newly-confirmed, already-confirmed or invalid-token."""
+        result = await self.registrations.confirm_email(
+            text_field(await json_body(request), "token")
+        )
+        status = {
+            Outcome.CHANGED: "newly-confirmed",
+            Outcome.ALREADY: "already-confirmed",
+        }.get(result.outcome, "invalid-token")
+        return web.json_response({"status": status})
+
+    async def resend_confirmation(self, request: web.Request) -> web.Response:
+        """`{"email": "…"}` → `{"sent": true}`, whether or not the address has a request."""
+        await self.signups.resend_confirmation(text_field(await json_body(request), "email"))
+        return web.json_response({"sent": True})
+
+    async def _by_status_token(self, token: str) -> RegistrationRequest:
+        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        if found is None:
+            raise ApiError(404, "GK_INVALID_TOKEN", "This link is not valid (any more).", "token")
+        return found
+
+    async def status(self, request: web.Request) -> web.Response:
+        """`GET /api/registration/status?token=…` → `{"status": "pending", "userId": …}`"""
+        found = await self._by_status_token(request.query.get("token", ""))
+        return web.json_response(
+            {"status": found.state.value, "userId": self.user_id(found), "email": found.email}
+        )
+
+    async def withdraw(self, request: web.Request) -> web.Response:
+        """`{"token": "…"}` (from the status link) → `{"status": "withdrawn"}`"""
+        token = text_field(await json_body(request), "token")
+        found = await self._by_status_token(token)
+        result = await self.registrations.withdraw(found.id)
+        if result.outcome is Outcome.REFUSED and result.request is not None:
+            raise ApiError(
+                409,
+                "GK_WRONG_STATE",
+                f"The request is {result.request.state} and cannot be withdrawn.",
+            )
+        return web.json_response({"status": State.WITHDRAWN.value})
+
+    async def antibot_challenge(self, request: web.Request) -> web.Response:
+        """A fresh proof-of-work challenge for the sign-up form's ALTCHA widget."""
+        return web.json_response(
+            self.signups.antibot.challenge(), headers={"Cache-Control": "no-store"}
+        )
+
+    # --- admin API for scripts ----------------------------------------------------------
+
+    def _admin_json(self, request: RegistrationRequest) -> dict[str, Any]:
+        return {
+            "id": request.id,
+            "userName": request.localpart,
+            "userId": self.user_id(request),
+            "email": request.email,
+            "language": request.language,
+            "reason": request.reason,
+            "state": request.state.value,
+            "status": request.status,
+            "matrixStatus": request.matrix_status,
+            "createdAt": iso(request.created_at),
+            "decidedBy": request.decided_by,
+            "decidedAt": iso(request.decided_at),
+            "decisionReason": request.decision_reason,
+            "provisionAttempts": request.provision_attempts,
+            "lastError": request.last_error,
+        }
+
+    async def admin_list(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/registrations?state=pending&limit=50&offset=0` → `{"registrations"}`"""
+        try:
+            state = State(request.query.get("state", "pending"))
+            limit = min(int(request.query.get("limit", "50")), 500)
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            raise ApiError(400, "GK_BAD_QUERY", "state, limit or offset is not valid") from None
+        found = await self.registrations.in_state(state, limit, offset)
+        return web.json_response({"registrations": [self._admin_json(r) for r in found]})
+
+    async def _admin_get(self, request: web.Request) -> RegistrationRequest:
+        found = await self.registrations.get(request.match_info["id"])
+        if found is None:
+            raise ApiError(404, "GK_NOT_FOUND", "No such registration request.")
+        return found
+
+    async def admin_show(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/registrations/{id}` → the request with its `history`."""
+        found = await self._admin_get(request)
+        history = [
+            {
+                "at": iso(e.at),
+                "actor": e.actor,
+                "from": e.from_state,
+                "to": e.to_state,
+                "reason": e.reason,
+            }
+            for e in await self.registrations.history(found.id)
+        ]
+        return web.json_response({**self._admin_json(found), "history": history})
+
+    def _decision(self, result: Result) -> web.Response:
+        if result.request is None:
+            raise ApiError(404, "GK_NOT_FOUND", "No such registration request.")
+        if result.outcome is Outcome.REFUSED:
+            raise ApiError(
+                409,
+                "GK_WRONG_STATE",
+                f"The request is {result.request.state}: it cannot be decided.",
+            )
+        return web.json_response(
+            {"outcome": result.outcome.value, "registration": self._admin_json(result.request)}
+        )
+
+    async def admin_approve(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/registrations/{id}/approve` → `{"outcome": "changed" | "already", …}`"""
+        found = await self._admin_get(request)
+        return self._decision(await self.decisions.approve(found.id, "admin-api"))
+
+    async def admin_reject(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/registrations/{id}/reject` `{"reason": "spam"}` → as approve."""
+        found = await self._admin_get(request)
+        reason = (await json_body(request)).get("reason") if request.can_read_body else None
+        if reason is not None and not isinstance(reason, str):
+            raise FieldErrors({"reason": "must be a string"})
+        return self._decision(await self.decisions.reject(found.id, "admin-api", reason))
+
+
+def admin_token_middleware(config: Config) -> Any:
+    token = config.web.admin_api_token
+
+    @web.middleware
+    async def check_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/admin/"):
+            return await handler(request)
+        if token is None:
+            raise ApiError(404, "GK_NOT_FOUND", "The admin API is off (web.admin_api_token).")
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise ApiError(401, "GK_UNAUTHORIZED", "Missing bearer token.")
+        given = header.removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            raise ApiError(403, "GK_FORBIDDEN", "Wrong bearer token.")
+        return await handler(request)
+
+    return check_admin_token
+
+
+def create_web_app(
+    api: WebApi, account_api: AccountApi, pages: Pages, security: Any
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            errors_as_json,
+            admin_token_middleware(api.config),
+            pages.errors_as_pages,
+            security,
+        ],
+    )
+    app.on_response_prepare.append(security_headers(api.config.web.secure, api.config.antibot))
+    account_api.routes(app)
+    pages.routes(app)
+    app.router.add_post("/api/auth/sign-up", api.sign_up)
+    app.router.add_post("/api/user/confirm-email", api.confirm_email)
+    app.router.add_post("/api/user/re-trigger-confirmation-email", api.resend_confirmation)
+    app.router.add_get("/api/registration/status", api.status)
+    app.router.add_post("/api/registration/withdraw", api.withdraw)
+    app.router.add_get("/api/admin/registrations", api.admin_list)
+    app.router.add_get("/api/admin/registrations/{id}", api.admin_show)
+    app.router.add_post("/api/admin/registrations/{id}/approve", api.admin_approve)
+    app.router.add_post("/api/admin/registrations/{id}/reject", api.admin_reject)
+    app.router.add_get("/api/antibot/challenge", api.antibot_challenge)
+    document = openapi_document(app, f"Gatekeeper for {api.config.homeserver.domain}")
+
+    async def openapi(_: web.Request) -> web.Response:
+        """The OpenAPI document of this API."""
+        return web.json_response(document)
+
+    app.router.add_get("/api/openapi.json", openapi)
+    return app

@@ -1,0 +1,224 @@
+"""JSON handlers for login, second factor, reset and settings (the user-manager seed's API)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from appservice.accounts import Accounts, LoginStatus
+from appservice.registrations import Registrations, State
+from appservice.sessions import Session, Sessions
+from appservice.web_common import ApiError, flag_field, json_body, text_field
+from appservice.web_security import (
+    ACCOUNT_KEY,
+    CSRF_TOKEN,
+    DEVICE_TOKEN,
+    LOGIN_TOKEN,
+    SESSION_KEY,
+    SUDO_TOKEN,
+    Cookies,
+    Csrf,
+)
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+class AccountApi:
+    def __init__(
+        self,
+        accounts: Accounts,
+        registrations: Registrations,
+        sessions: Sessions,
+        cookies: Cookies,
+        csrf: Csrf,
+    ) -> None:
+        self.accounts = accounts
+        self.registrations = registrations
+        self.sessions = sessions
+        self.cookies = cookies
+        self.csrf = csrf
+
+    async def csrf_token(self, request: web.Request) -> web.Response:
+        """`GET /api/csrf` → `{"csrfToken": "…"}`, also set as the CSRF cookie."""
+        token = self.csrf.new_token(request.get(SESSION_KEY))
+        response = web.json_response({"csrfToken": token})
+        self.cookies.set(response, CSRF_TOKEN, token)
+        return response
+
+    async def login(self, request: web.Request) -> web.Response:
+        """`{"email", "password"}` → `{"status": "logged-in" | "second-factor-required" |
+        "invalid-credentials"}`"""
+        body = await json_body(request)
+        result = await self.accounts.login(
+            text_field(body, "email"),
+            text_field(body, "password"),
+            client_address(request),
+            self.cookies.get(request, DEVICE_TOKEN),
+        )
+        response = web.json_response({"status": result.status.value})
+        if result.status is LoginStatus.LOGGED_IN:
+            self.cookies.start_session(response, result, self.csrf)
+        return response
+
+    async def login_with_second_factor(self, request: web.Request) -> web.Response:
+        """`{"email", "password", "secondFactor", "rememberDevice"}` →
+        `{"loggedIn": bool, "timeoutUntil"?: ISO time}`"""
+        body = await json_body(request)
+        result = await self.accounts.login_with_second_factor(
+            text_field(body, "email"),
+            text_field(body, "password"),
+            str(body.get("secondFactor") or ""),
+            flag_field(body, "rememberDevice"),
+            client_address(request),
+        )
+        answer: dict[str, Any] = {"loggedIn": result.status is LoginStatus.LOGGED_IN}
+        if result.timeout_until_ms is not None:
+            answer["timeoutUntil"] = datetime.fromtimestamp(
+                result.timeout_until_ms / 1000, UTC
+            ).isoformat()
+        response = web.json_response(answer)
+        if result.status is LoginStatus.LOGGED_IN:
+            self.cookies.start_session(response, result, self.csrf)
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """`{"forgetDevice": bool}` → `{}`; the server-side session is deleted."""
+        body = await json_body(request) if request.can_read_body else {}
+        session = request.get(SESSION_KEY)
+        if session is not None:
+            await self.sessions.end(session)
+        response = web.json_response({})
+        for cookie in (LOGIN_TOKEN, SUDO_TOKEN):
+            self.cookies.clear(response, cookie)
+        if flag_field(body, "forgetDevice"):
+            await self.sessions.forget_device(self.cookies.get(request, DEVICE_TOKEN))
+            self.cookies.clear(response, DEVICE_TOKEN)
+        self.cookies.set(response, CSRF_TOKEN, self.csrf.new_token(None))
+        return response
+
+    async def request_password_reset(self, request: web.Request) -> web.Response:
+        """`{"email"}` → `{}`, the same whether or not the address is known."""
+        body = await json_body(request)
+        await self.accounts.request_password_reset(
+            text_field(body, "email"), client_address(request)
+        )
+        return web.json_response({})
+
+    async def reset_password(self, request: web.Request) -> web.Response:
+        """`{"email", "token", "newPassword"}` → `{"status": "success" | "invalid-token"}`.
+        It never logs anyone in."""
+        body = await json_body(request)
+        done = await self.accounts.reset_password(
+            text_field(body, "email"), text_field(body, "token"), text_field(body, "newPassword")
+        )
+        return web.json_response({"status": "success" if done else "invalid-token"})
+
+    async def user_info(self, request: web.Request) -> web.Response:
+        """`GET /api/user-info` → `{roles, emailVerified, language, status, userId?}`;
+        `{}` without a session."""
+        session = request.get(SESSION_KEY)
+        account = await self.registrations.get(session.request_id) if session else None
+        if account is None:
+            return web.json_response({})
+        active = account.state is State.ACTIVE
+        info: dict[str, Any] = {
+            "roles": ["user"] if active else ["applicant"],
+            "emailVerified": account.email_verified,
+            "language": account.language,
+            "email": account.email,
+            "status": account.state.value,
+            "userName": account.localpart,
+        }
+        if active:
+            info["userId"] = account.matrix_user_id
+        return web.json_response(info)
+
+    # --- settings (session + verified email) ---------------------------------------------
+
+    async def set_language(self, request: web.Request) -> web.Response:
+        """`{"language": "de"}` → `{}`"""
+        body = await json_body(request)
+        await self.accounts.set_language(request[ACCOUNT_KEY], text_field(body, "language"))
+        return web.json_response({})
+
+    async def sudo(self, request: web.Request) -> web.Response:
+        """`{"password"}` → `{"success": bool}`; success sets SUDO_TOKEN for a few minutes."""
+        body = await json_body(request)
+        session: Session = request[SESSION_KEY]
+        token = await self.accounts.sudo(
+            request[ACCOUNT_KEY], session, text_field(body, "password")
+        )
+        response = web.json_response({"success": token is not None})
+        if token is not None:
+            self.cookies.set(response, SUDO_TOKEN, token, int(self.sessions.sudo_ms / 1000))
+        return response
+
+    async def confirm_email_change(self, request: web.Request) -> web.Response:
+        """`{"token"}` → `{"status": "no-change-in-progress" | "invalid-token" |
+        "new-email-confirmed", "email"}`"""
+        body = await json_body(request)
+        status, email = await self.accounts.confirm_email_change(
+            request[ACCOUNT_KEY], text_field(body, "token")
+        )
+        return web.json_response({"status": status, "email": email})
+
+    async def generate_temporary_2fa(self, request: web.Request) -> web.Response:
+        """`{}` → `{"secret", "otpauthUri", "qrCodeSvg"}`; active only once confirmed."""
+        enrolment = await self.accounts.start_2fa(request[ACCOUNT_KEY])
+        return web.json_response(
+            {
+                "secret": enrolment.secret,
+                "otpauthUri": enrolment.otpauth_uri,
+                "qrCodeSvg": enrolment.qr_svg,
+            }
+        )
+
+    # --- sensitive (also SUDO_TOKEN) -----------------------------------------------------
+
+    async def change_email(self, request: web.Request) -> web.Response:
+        """`{"newEmail"}` → `{}`; a link goes to the new address."""
+        body = await json_body(request)
+        await self.accounts.change_email(request[ACCOUNT_KEY], text_field(body, "newEmail"))
+        return web.json_response({})
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        """`{"newPassword"}` → `{}`; every other session and remembered device ends."""
+        body = await json_body(request)
+        await self.accounts.change_password(
+            request[ACCOUNT_KEY], request[SESSION_KEY], text_field(body, "newPassword")
+        )
+        return web.json_response({})
+
+    async def second_factor(self, request: web.Request) -> web.Response:
+        """`{"enable": true, "secondFactor": "123456"}` or `{"enable": false}` → `{"enabled"}`"""
+        body = await json_body(request)
+        account, session = request[ACCOUNT_KEY], request[SESSION_KEY]
+        if flag_field(body, "enable"):
+            if not await self.accounts.enable_2fa(
+                account, session, str(body.get("secondFactor") or "")
+            ):
+                raise ApiError(400, "GK_WRONG_CODE", "That code is not right.", "secondFactor")
+            return web.json_response({"enabled": True})
+        await self.accounts.disable_2fa(account, session)
+        return web.json_response({"enabled": False})
+
+    def routes(self, app: web.Application) -> None:
+        add = app.router
+        add.add_get("/api/csrf", self.csrf_token)
+        add.add_post("/api/auth/login", self.login)
+        add.add_post("/api/auth/login-with-second-factor", self.login_with_second_factor)
+        add.add_post("/api/auth/logout", self.logout)
+        add.add_post("/api/auth/request-password-reset", self.request_password_reset)
+        add.add_post("/api/auth/reset-password", self.reset_password)
+        add.add_get("/api/user-info", self.user_info)
+        add.add_post("/api/user/settings/language", self.set_language)
+        add.add_post("/api/user/settings/sudo", self.sudo)
+        add.add_post("/api/user/settings/confirm-email-change", self.confirm_email_change)
+        add.add_post("/api/user/settings/generate-temporary-2fa", self.generate_temporary_2fa)
+        add.add_post("/api/user/settings/sensitive/change-email", self.change_email)
+        add.add_post("/api/user/settings/sensitive/change-password", self.change_password)
+        add.add_post("/api/user/settings/sensitive/2fa", self.second_factor)

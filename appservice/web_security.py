@@ -1,0 +1,153 @@
+"""Cookies, CSRF and the access rules of the web API, as middlewares.
+
+Access rules by path: /api/user/* needs a session (LOGIN_TOKEN), /api/user/settings/*
+also a verified email, /api/user/settings/sensitive/* also a SUDO_TOKEN. CSRF: every
+unsafe request carries the CSRF cookie's value in X-CSRF-Token (or the form field);
+the token is HMAC-signed and bound to the session (or to "anonymous" before login).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from appservice.accounts import LoginResult
+from appservice.config import Config
+from appservice.registrations import RegistrationRequest, Registrations
+from appservice.sessions import Session, Sessions
+from appservice.web_common import ApiError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Cookie names (not secrets).
+LOGIN_TOKEN = "LOGIN_TOKEN"  # noqa: S105
+DEVICE_TOKEN = "DEVICE_TOKEN"  # noqa: S105
+SUDO_TOKEN = "SUDO_TOKEN"  # noqa: S105
+CSRF_TOKEN = "CSRF-Token"  # noqa: S105
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ANONYMOUS = "anonymous"
+
+SESSION_KEY = web.RequestKey("session", Session)
+ACCOUNT_KEY = web.RequestKey("account", RegistrationRequest)
+
+# Reachable without a session: the mail link is how an applicant first proves their address.
+OPEN_USER_PATHS = ("/api/user/confirm-email", "/api/user/re-trigger-confirmation-email")
+
+
+class Cookies:
+    """Names and flags per SECURITY.md: __Host- over https, bare names on loopback http."""
+
+    def __init__(self, config: Config) -> None:
+        self.secure = config.web.secure
+        self.prefix = "__Host-" if self.secure else ""
+        self.device_max_age = int(config.web.remember_device_days * 86400)
+        self.session_max_age = int(config.web.session_max_hours * 3600)
+
+    def name(self, base: str) -> str:
+        return self.prefix + base
+
+    def get(self, request: web.Request, base: str) -> str | None:
+        return request.cookies.get(self.name(base)) or None
+
+    def set(
+        self, response: web.StreamResponse, base: str, value: str, max_age: int | None = None
+    ) -> None:
+        response.set_cookie(
+            self.name(base),
+            value,
+            max_age=max_age,
+            path="/",
+            secure=self.secure,
+            httponly=base != CSRF_TOKEN,  # scripts must read the CSRF token to send it back
+            samesite="Lax",
+        )
+
+    def start_session(self, response: web.StreamResponse, result: LoginResult, csrf: Csrf) -> None:
+        """After a login: the session cookie, a CSRF token bound to it, maybe the device."""
+        assert result.login_token is not None
+        assert result.session is not None
+        self.set(response, LOGIN_TOKEN, result.login_token, self.session_max_age)
+        self.set(response, CSRF_TOKEN, csrf.new_token(result.session))
+        if result.device_token:
+            self.set(response, DEVICE_TOKEN, result.device_token, self.device_max_age)
+
+    def clear(self, response: web.StreamResponse, base: str) -> None:
+        response.del_cookie(self.name(base), path="/", secure=self.secure, samesite="Lax")
+
+
+class Csrf:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    @staticmethod
+    def binding(session: Session | None) -> str:
+        return session.csrf_secret if session else ANONYMOUS
+
+    def _sign(self, nonce: str, binding: str) -> str:
+        return hmac.new(self.key, f"{nonce}|{binding}".encode(), hashlib.sha256).hexdigest()
+
+    def new_token(self, session: Session | None) -> str:
+        nonce = secrets.token_urlsafe(16)
+        return f"{nonce}.{self._sign(nonce, self.binding(session))}"
+
+    def valid(self, token: str, session: Session | None) -> bool:
+        nonce, _, signature = token.partition(".")
+        if not nonce or not signature:
+            return False
+        return hmac.compare_digest(signature, self._sign(nonce, self.binding(session)))
+
+
+async def submitted_csrf_token(request: web.Request) -> str:
+    header = request.headers.get(CSRF_HEADER)
+    if header is not None:
+        return header
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        value = form.get(CSRF_FIELD)
+        return value if isinstance(value, str) else ""
+    return ""
+
+
+def security_middleware(
+    cookies: Cookies, csrf: Csrf, sessions: Sessions, registrations: Registrations
+) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        login_token = cookies.get(request, LOGIN_TOKEN)
+        session = await sessions.find(login_token) if login_token else None
+        if session is not None:
+            request[SESSION_KEY] = session
+        path = request.path
+        if request.method not in SAFE_METHODS and not path.startswith("/api/admin/"):
+            cookie = cookies.get(request, CSRF_TOKEN) or ""
+            given = await submitted_csrf_token(request)
+            # Empty equals empty is a failure; the token must be ours and this session's.
+            if not (
+                cookie
+                and hmac.compare_digest(cookie.encode(), given.encode())
+                and csrf.valid(cookie, session)
+            ):
+                raise ApiError(403, "GK_CSRF", "Missing or wrong CSRF token; reload the page.")
+        if path.startswith("/api/user/") and path not in OPEN_USER_PATHS:
+            if session is None:
+                raise ApiError(401, "GK_NOT_LOGGED_IN", "Log in first.")
+            account = await registrations.get(session.request_id)
+            if account is None:
+                raise ApiError(401, "GK_NOT_LOGGED_IN", "Log in first.")
+            request[ACCOUNT_KEY] = account
+            if path.startswith("/api/user/settings/") and not account.email_verified:
+                raise ApiError(403, "GK_EMAIL_NOT_VERIFIED", "Confirm your email first.")
+            if path.startswith("/api/user/settings/sensitive/") and not sessions.has_sudo(
+                session, cookies.get(request, SUDO_TOKEN)
+            ):
+                raise ApiError(403, "GK_SUDO_REQUIRED", "Enter your password again first.")
+        return await handler(request)
+
+    return check

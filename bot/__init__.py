@@ -1,0 +1,1 @@
+"""The admin room: commands and reactions from admins, notices from Gatekeeper."""

@@ -1,0 +1,130 @@
+"""Notices about requests in the admin room: posted when a request is pending, edited on change.
+
+The database says what each notice last showed, so a crash between a change and its
+notice only delays the notice.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+
+from mautrix.appservice import IntentAPI
+from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
+
+from appservice.config import Config
+from appservice.registrations import RegistrationRequest, Registrations, State
+from bot.admin_room import AdminRoom
+from bot.commands import Reply
+
+log = logging.getLogger("gatekeeper.bot.notices")
+
+APPROVE_KEYS = ("✅", "✔️", "✔", "👍")
+REJECT_KEYS = ("❌", "✖️", "✖", "👎")
+
+OUTCOME = {
+    State.APPROVED: "✅ Approved by {decided_by}; creating the account…",
+    State.PROVISIONING: "✅ Approved by {decided_by}; creating the account…",
+    State.ACTIVE: "✅ Approved by {decided_by}; account {user_id} created.",
+    State.FAILED: "⚠️ Approved by {decided_by}, but the account could not be created: {error}",
+    State.REJECTED: "❌ Rejected by {decided_by}{reason}.",
+    State.EXPIRED: "⌛ Expired: not decided in time.",
+    State.WITHDRAWN: "↩️ Withdrawn by the applicant.",
+}
+
+
+def mask_email(email: str) -> str:
+    name, _, domain = email.partition("@")
+    return f"{name[:1]}***@{domain}"
+
+
+def age(since_ms: int) -> str:
+    minutes = max(0, int(time.time() - since_ms / 1000) // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h ago"
+    return f"{minutes // 1440} days ago"
+
+
+def normalise_key(key: str) -> str:
+    return key.replace("\ufe0f", "")
+
+
+def describe(request: RegistrationRequest, config: Config, prefix: str) -> Reply:
+    """The notice's text for the request's current state."""
+    user_id = request.user_id(config.homeserver.domain)
+    email = mask_email(request.email) if config.registration.mask_email else request.email
+    lines = [
+        f"Sign-up request {request.id}: {user_id}",
+        f"Email: {email} · language: {request.language} · asked {age(request.created_at)}",
+    ]
+    if request.reason:
+        lines.append(f"Reason: {request.reason}")
+    state = request.state
+    if state is State.PENDING:
+        lines.append(
+            f"React ✅ to approve or ❌ to reject, or send {prefix}approve {request.id}"
+            f" / {prefix}reject {request.id} [reason]."
+        )
+    elif state in OUTCOME:
+        reason = f": {request.decision_reason}" if request.decision_reason else ""
+        lines.append(
+            OUTCOME[state].format(
+                decided_by=request.decided_by or "an admin",
+                user_id=user_id,
+                error=request.last_error or "unknown error",
+                reason=reason,
+            )
+        )
+    escaped = [html.escape(line) for line in lines]
+    return Reply("\n".join(lines), f"<b>{escaped[0]}</b><br>" + "<br>".join(escaped[1:]))
+
+
+def content_of(reply: Reply) -> TextMessageEventContent:
+    content = TextMessageEventContent(msgtype=MessageType.NOTICE, body=reply.text)
+    if reply.html is not None:
+        content.format = Format.HTML
+        content.formatted_body = reply.html
+    return content
+
+
+class NoticeBoard:
+    def __init__(
+        self, config: Config, intent: IntentAPI, registrations: Registrations, room: AdminRoom
+    ) -> None:
+        self.config = config
+        self.intent = intent
+        self.registrations = registrations
+        self.room = room
+
+    async def step(self) -> float | None:
+        """Bring every notice up to date with its request."""
+        if self.room.room_id is None:
+            return None
+        while behind := await self.registrations.notices_behind():
+            for request in behind:
+                await self.show(request)
+        return None
+
+    async def show(self, request: RegistrationRequest) -> None:
+        assert self.room.room_id is not None
+        content = content_of(describe(request, self.config, self.room.config.command_prefix))
+        if request.notice_event_id is None:
+            event_id = await self.intent.send_message(self.room.room_id, content)
+        else:
+            event_id = EventID(request.notice_event_id)
+            content.set_edit(event_id)
+            await self.intent.send_message(self.room.room_id, content)
+            if request.state is State.FAILED:
+                alert = content_of(
+                    Reply(
+                        f"Request {request.id}: the account could not be created "
+                        f"({request.last_error}). Check the homeserver, then ask the applicant "
+                        "to sign up again."
+                    )
+                )
+                alert.set_reply(event_id)
+                await self.intent.send_message(self.room.room_id, alert)
+        await self.registrations.record_notice(request.id, event_id, request.state)

@@ -1,0 +1,91 @@
+"""A real Matrix user driving the client-server API, as an admin's client would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mautrix.client import ClientAPI
+from mautrix.types import RoomID, UserID
+
+Event = dict[str, Any]
+
+
+class MatrixUser:
+    """Logged-in user with a /sync cursor, so each wait sees only what arrived since."""
+
+    def __init__(self, homeserver: str, user_id: str, access_token: str) -> None:
+        self.user_id = UserID(user_id)
+        self.api = ClientAPI(self.user_id, base_url=homeserver, token=access_token)
+        self._since: str | None = None
+        self.invites: set[RoomID] = set()
+        self.timeline: list[Event] = []
+
+    @classmethod
+    async def login(cls, homeserver: str, localpart: str, password: str) -> MatrixUser:
+        api = ClientAPI(base_url=homeserver)
+        response = await api.login(identifier=localpart, password=password)
+        await api.api.session.close()
+        return cls(homeserver, response.user_id, response.access_token)
+
+    async def close(self) -> None:
+        await self.api.api.session.close()
+
+    async def sync_once(self, timeout_ms: int = 500) -> None:
+        data = await self.api.sync(since=self._since, timeout=timeout_ms)
+        self._since = data["next_batch"]
+        rooms = data.get("rooms", {})
+        self.invites.update(RoomID(r) for r in rooms.get("invite", {}))
+        for room_id, room in rooms.get("join", {}).items():
+            for event in room.get("timeline", {}).get("events", []):
+                self.timeline.append({**event, "room_id": room_id})
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 20.0) -> Event:
+        """The first event, old or new, matching `predicate`; consumed so it is not seen twice."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, event in enumerate(self.timeline):
+                if predicate(event):
+                    del self.timeline[index]
+                    return event
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching event for {self.user_id} in {timeout} s")
+            await self.sync_once()
+
+    async def wait_for_invite(self, room_id: RoomID, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while room_id not in self.invites:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.user_id} got no invite to {room_id} in {timeout} s")
+            await self.sync_once()
+        self.invites.discard(room_id)
+
+    async def say(self, room_id: RoomID, text: str) -> str:
+        return str(await self.api.send_text(room_id, text))
+
+    async def reply_to(self, room_id: RoomID, text: str, sender: str, timeout: float = 20.0) -> str:
+        """Send `text` and return the body of `sender`'s reply to it."""
+        event_id = await self.say(room_id, text)
+
+        def is_reply(event: Event) -> bool:
+            relation = event["content"].get("m.relates_to", {})
+            return (
+                event["sender"] == sender
+                and relation.get("m.in_reply_to", {}).get("event_id") == event_id
+            )
+
+        return str((await self.wait_for(is_reply, timeout))["content"]["body"])
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll an async `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met in {timeout} s")
+        await asyncio.sleep(0.2)

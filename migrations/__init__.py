@@ -1,0 +1,5 @@
+"""Numbered SQL schema changes, applied in order by `appservice.database.upgrade`.
+
+A shipped file is never edited: a change is a new file. `NNN_name.sql` serves both
+backends; `NNN_name.sqlite.sql` / `NNN_name.postgres.sql` hold a dialect variant.
+"""

@@ -1,0 +1,192 @@
+"""Steps that several acceptance tests take, as an applicant or an admin would."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+from mautrix.types import RoomID
+
+from appservice.program import Gatekeeper
+from harness.matrix_user import Event, MatrixUser, wait_until
+from tests.conftest import ADMIN_API_TOKEN, SERVER_NAME
+
+BOT = f"@gatekeeper:{SERVER_NAME}"
+PASSWORD = "a perfectly fine passphrase 42"
+
+
+@dataclass(frozen=True)
+class Applicant:
+    localpart: str
+    email: str
+    password: str = PASSWORD
+
+    @property
+    def user_id(self) -> str:
+        return f"@{self.localpart}:{SERVER_NAME}"
+
+
+def new_applicant(prefix: str = "ann") -> Applicant:
+    tag = secrets.token_hex(4)
+    return Applicant(f"{prefix}-{tag}", f"{prefix}-{tag}@example.org")
+
+
+def web_url(gatekeeper: Gatekeeper) -> str:
+    return f"http://127.0.0.1:{gatekeeper.config.web.port}"
+
+
+class WebClient:
+    """A browser-like client: keeps cookies and sends the CSRF cookie back as the header."""
+
+    def __init__(self, gatekeeper: Gatekeeper | str) -> None:
+        self.base = gatekeeper if isinstance(gatekeeper, str) else web_url(gatekeeper)
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def __aenter__(self) -> WebClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.session.close()
+
+    def cookie(self, name: str) -> str | None:
+        for cookie in self.session.cookie_jar:
+            if cookie.key == name:
+                return cookie.value
+        return None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        headers = dict(headers or {})
+        if method != "GET":
+            if self.cookie("CSRF-Token") is None:
+                await self.request("GET", "/api/csrf")
+            headers.setdefault("X-CSRF-Token", self.cookie("CSRF-Token") or "")
+        async with self.session.request(
+            method, self.base + path, json=body, headers=headers
+        ) as response:
+            self.last_headers = response.headers
+            return response.status, await response.json()
+
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        return await self.request("POST", path, body)
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        return await self.request("GET", path)
+
+
+async def api(
+    gatekeeper: Gatekeeper, method: str, path: str, body: Any = None, admin: bool = False
+) -> tuple[int, Any]:
+    """One request from a fresh client (as the admin API's script when `admin`)."""
+    headers = {"Authorization": f"Bearer {ADMIN_API_TOKEN}"} if admin else {}
+    async with WebClient(gatekeeper) as client:
+        return await client.request(method, path, body, headers)
+
+
+async def sign_up(gatekeeper: Gatekeeper, applicant: Applicant, **extra: Any) -> tuple[int, Any]:
+    body = {
+        "userName": applicant.localpart,
+        "email": applicant.email,
+        "password": applicant.password,
+        "language": "en",
+        **extra,
+    }
+    return await api(gatekeeper, "POST", "/api/auth/sign-up", body)
+
+
+def link_token(mail: EmailMessage, path: str) -> str:
+    match = re.search(rf"/{path}\?token=([A-Za-z0-9_-]+)", mail.get_content())
+    assert match, f"no /{path} link in the mail"
+    return match.group(1)
+
+
+async def admin_room(gatekeeper: Gatekeeper, admin: MatrixUser) -> RoomID:
+    """The room the bot created, joined by `admin`."""
+    room_id = gatekeeper.bot.room.room_id
+    await admin.wait_for_invite(room_id)
+    await admin.api.join_room_by_id(room_id)
+    return room_id
+
+
+def is_notice_for(room_id: RoomID, applicant: Applicant) -> Any:
+    def check(event: Event) -> bool:
+        content = event.get("content", {})
+        return (
+            event["room_id"] == room_id
+            and event["sender"] == BOT
+            and content.get("body", "").startswith("Sign-up request")
+            and applicant.user_id in content.get("body", "")
+            and "m.new_content" not in content
+        )
+
+    return check
+
+
+def is_edit_of(event_id: str, containing: str) -> Any:
+    def check(event: Event) -> bool:
+        content = event.get("content", {})
+        relation = content.get("m.relates_to", {})
+        return (
+            relation.get("rel_type") == "m.replace"
+            and relation.get("event_id") == event_id
+            and containing in content.get("m.new_content", {}).get("body", "")
+        )
+
+    return check
+
+
+async def can_log_in(
+    homeserver_url: str, applicant: Applicant, password: str | None = None
+) -> bool:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{homeserver_url}/_matrix/client/v3/login",
+            json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": applicant.localpart},
+                "password": password or applicant.password,
+            },
+        ) as response,
+    ):
+        return response.status == 200
+
+
+async def wait_for_state(gatekeeper: Gatekeeper, request_id: str, state: str) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        _, body = await api(gatekeeper, "GET", f"/api/admin/registrations/{request_id}", admin=True)
+        return body if body.get("state") == state else None
+
+    return await wait_until(reached, timeout=30)
+
+
+async def request_id_of(gatekeeper: Gatekeeper, applicant: Applicant) -> str:
+    found = await gatekeeper.registrations.search(applicant.localpart)
+    assert len(found) == 1
+    return found[0].id
+
+
+async def active_account(gatekeeper: Gatekeeper, prefix: str = "acct") -> Applicant:
+    """An applicant whose request was approved and whose Matrix account exists.
+
+    Needs a Gatekeeper started without email confirmation."""
+    applicant = new_applicant(prefix)
+    assert (await sign_up(gatekeeper, applicant))[0] == 201
+    request_id = await request_id_of(gatekeeper, applicant)
+    await api(gatekeeper, "POST", f"/api/admin/registrations/{request_id}/approve", admin=True)
+    await wait_for_state(gatekeeper, request_id, "active")
+    return applicant
+
+
+async def logged_in(gatekeeper: Gatekeeper, applicant: Applicant) -> WebClient:
+    client = WebClient(gatekeeper)
+    status, body = await client.post(
+        "/api/auth/login", {"email": applicant.email, "password": applicant.password}
+    )
+    assert (status, body) == (200, {"status": "logged-in"})
+    return client

@@ -1,0 +1,126 @@
+"""New accounts: made with the admin API when a token is set, and brought into rooms."""
+
+from __future__ import annotations
+
+import secrets
+
+import aiohttp
+from mautrix.errors import MNotFound
+from mautrix.types import EventType, Membership, RoomCreatePreset, UserID
+
+from harness.matrix_user import MatrixUser, wait_until
+from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
+from tests.flows import (
+    BOT,
+    admin_room,
+    can_log_in,
+    link_token,
+    new_applicant,
+    request_id_of,
+    sign_up,
+    wait_for_state,
+)
+from tests.flows import api as gatekeeper_api
+
+
+async def test_admin_token_sets_profile_email_and_joins_rooms(
+    start_gatekeeper: StartGatekeeper,
+    alice: MatrixUser,
+    synapse: Homeserver,
+    smtp: MailCatcher,
+) -> None:
+    admin = await synapse.server.register_user(
+        f"server-admin-{secrets.token_hex(3)}", "admin password 123", admin=True
+    )
+    lobby = await alice.api.create_room(preset=RoomCreatePreset.PUBLIC, name="Lobby")
+    gatekeeper = await start_gatekeeper(
+        homeserver={"admin_token": admin["access_token"]},
+        registration={"newcomer_rooms": [lobby]},
+    )
+    room_id = await admin_room(gatekeeper, alice)
+    lou = new_applicant("lou")
+    await sign_up(gatekeeper, lou)
+    mail = await smtp.wait_for(lou.email, "confirm")
+    await gatekeeper_api(
+        gatekeeper, "POST", "/api/user/confirm-email", {"token": link_token(mail, "confirm-email")}
+    )
+    request_id = await request_id_of(gatekeeper, lou)
+
+    await alice.reply_to(room_id, f"!approve {request_id}", BOT)
+
+    await wait_for_state(gatekeeper, request_id, "active")
+    assert await can_log_in(synapse.url, lou)
+    headers = {"Authorization": f"Bearer {admin['access_token']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{synapse.url}/_synapse/admin/v2/users/{lou.user_id}", headers=headers) as r,
+    ):
+        account = await r.json()
+    assert account["displayname"] == lou.localpart
+    assert [(t["medium"], t["address"]) for t in account["threepids"]] == [("email", lou.email)]
+
+    async def joined() -> bool:
+        return UserID(lou.user_id) in await alice.api.get_joined_members(lobby)
+
+    await wait_until(joined)
+
+
+async def test_without_admin_token_the_bot_invites_newcomers(
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser, synapse: Homeserver
+) -> None:
+    lobby = await alice.api.create_room(name="Lobby", invitees=[UserID(BOT)])
+    gatekeeper = await start_gatekeeper(
+        registration={"require_email_confirmation": False, "newcomer_rooms": [lobby]}
+    )
+    room_id = await admin_room(gatekeeper, alice)
+    max_ = new_applicant("max")
+    await sign_up(gatekeeper, max_)
+    request_id = await request_id_of(gatekeeper, max_)
+
+    await alice.reply_to(room_id, f"!approve {request_id}", BOT)
+
+    await wait_for_state(gatekeeper, request_id, "active")
+
+    async def invited() -> bool:
+        try:
+            member = await alice.api.get_state_event(lobby, EventType.ROOM_MEMBER, max_.user_id)
+        except MNotFound:
+            return False
+        return member.membership == Membership.INVITE
+
+    await wait_until(invited)
+
+
+async def test_confirmation_mail_can_be_sent_again(
+    start_gatekeeper: StartGatekeeper, smtp: MailCatcher
+) -> None:
+    gatekeeper = await start_gatekeeper()
+    nia = new_applicant("nia")
+    await sign_up(gatekeeper, nia)
+    first = await smtp.wait_for(nia.email, "confirm")
+    # At most one mail a minute per request: an immediate second ask sends nothing new.
+    assert await gatekeeper_api(
+        gatekeeper, "POST", "/api/user/re-trigger-confirmation-email", {"email": nia.email}
+    ) == (200, {"sent": True})
+    await gatekeeper.db.execute("UPDATE email_token SET created_at = created_at - 120000")
+    assert await gatekeeper_api(
+        gatekeeper, "POST", "/api/user/re-trigger-confirmation-email", {"email": nia.email}
+    ) == (200, {"sent": True})
+    # Unknown addresses get the same answer, so nobody learns who asked for an account.
+    assert await gatekeeper_api(
+        gatekeeper, "POST", "/api/user/re-trigger-confirmation-email", {"email": "x@example.org"}
+    ) == (200, {"sent": True})
+
+    await wait_until(lambda: _count(smtp, nia.email, 2))
+    second = smtp.to(nia.email)[1]
+    assert link_token(second, "confirm-email") != link_token(first, "confirm-email")
+    assert await gatekeeper_api(
+        gatekeeper,
+        "POST",
+        "/api/user/confirm-email",
+        {"token": link_token(second, "confirm-email")},
+    ) == (200, {"status": "newly-confirmed"})
+
+
+async def _count(smtp: MailCatcher, to: str, expected: int) -> bool:
+    return len(smtp.to(to)) == expected
