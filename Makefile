@@ -10,15 +10,21 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lint format test demo clean chromium
+.PHONY: install lock lint format test demo clean chromium
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(INSTALLED)
+
+# Refresh constraints.txt after changing pyproject.toml's dependencies, then run make test.
+lock: install
+	$(BIN)/python -m pip install --quiet --upgrade -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 lint: install
 	$(BIN)/ruff format --check .
