@@ -10,7 +10,7 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lock lint format test demo clean chromium
+.PHONY: install lock lint format test demo clean chromium docs
 
 install: $(INSTALLED)
 
@@ -29,6 +29,7 @@ lock: install
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 format: install
 	$(BIN)/ruff format .
@@ -45,6 +46,10 @@ test: lint chromium
 
 demo: install
 	$(BIN)/python -m harness.demo
+
+# The references in docs/ are generated from the code; tests/test_docs.py checks they are current.
+docs: install
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache *.egg-info
