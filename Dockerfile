@@ -6,17 +6,18 @@
 # Inside a container the listeners must bind 0.0.0.0 (web.hostname, appservice.hostname),
 # or GATEKEEPER_WEB__HOSTNAME=0.0.0.0 etc. Never publish the appservice port (29330).
 
-# Build stage: install Gatekeeper and its dependencies into a venv that is copied as a whole.
+# Build stage: Gatekeeper and its dependencies go into a venv that is copied as a whole.
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/gatekeeper
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY appservice appservice
 COPY bot bot
 COPY migrations migrations
-RUN /opt/gatekeeper/bin/pip install .
+# constraints.txt pins every dependency to the versions the test suite ran with.
+RUN /opt/gatekeeper/bin/pip install --constraint constraints.txt .
 
 # Run stage: the same base (the venv links to its python), no build tools, not root.
 FROM python:3.11-slim-bookworm
