@@ -1,0 +1,83 @@
+"""`python -m bench [scenario ...] [--sqlite] [--quick]`: start the stack, run the
+scenarios, print the table and write bench/results/<date>.json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.admin_room import admin_room
+from bench.approve import approve
+from bench.context import FULL, QUICK, Bench
+from bench.hashing import login, signup
+from bench.reads import status_page, user_info
+from bench.report import Figure, machine, table, write_results
+from bench.stack import running_stack
+
+Scenario = Callable[[Bench], Awaitable[list[Figure]]]
+
+# In this order: the admin room's 10,000 requests come last so they weigh on nothing else.
+SCENARIOS: dict[str, Scenario] = {
+    "signup": signup,
+    "login": login,
+    "userinfo": user_info,
+    "status": status_page,
+    "approve": approve,
+    "admin-room": admin_room,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=[[], *SCENARIOS],
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--sqlite", action="store_true", help="Gatekeeper on SQLite, not PostgreSQL"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development")
+    return parser
+
+
+async def run(names: list[str], sqlite: bool, quick: bool) -> list[Figure]:
+    sizes = QUICK if quick else FULL
+    with tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as directory:
+        print(f"Starting Synapse and Gatekeeper ({'SQLite' if sqlite else 'PostgreSQL'}) …")
+        async with running_stack(Path(directory), sqlite) as stack:
+            bench = Bench(stack, sizes, idle_rss_mb=stack.rss_mb())
+            for name in names:
+                print(f"Running {name} …", flush=True)
+                stack.reset_peak_rss()
+                bench.figures += await SCENARIOS[name](bench)
+                bench.figures.append(bench.peak_rss(name))
+            return bench.figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    names = [name for name in SCENARIOS if name in args.scenarios] or list(SCENARIOS)
+    figures = asyncio.run(run(names, args.sqlite, args.quick))
+    print()
+    print(table(figures))
+    about = machine()
+    print(f"\n{about['cpu']}, {about['cores']} cores, load average {about['load_average']}")
+    settings = {
+        "database": "sqlite" if args.sqlite else "postgres",
+        "sizes": asdict(QUICK if args.quick else FULL),
+        "scenarios": names,
+    }
+    print(f"Results: {write_results(figures, settings)}")
+    return 0 if all(f.met is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""What every scenario gets: the running stack, the sizes of this run, and the limits that
+several scenarios compare with (each measured once per run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import aiohttp
+import argon2
+
+from appservice.passwords import PasswordHasher
+from bench.load import Call, Load, LoadResult, run_load
+from bench.report import Figure
+from bench.stack import Stack
+from harness.net import free_port
+
+RSS_TARGET_MB = 120.0
+PASSWORD = "a benchmark passphrase 42"  # noqa: S105 (throwaway accounts)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    signups: int
+    logins: int
+    read_seconds: float
+    offered_rate: float
+    approvals: int
+    pending: int
+    burst: int
+    command_repeats: int
+
+
+FULL = Sizes(
+    signups=400,
+    logins=400,
+    read_seconds=8,
+    offered_rate=1000,
+    approvals=30,
+    pending=10_000,
+    burst=1000,
+    command_repeats=7,
+)
+QUICK = Sizes(
+    signups=80,
+    logins=80,
+    read_seconds=3,
+    offered_rate=1000,
+    approvals=8,
+    pending=2000,
+    burst=200,
+    command_repeats=3,
+)
+
+
+def configured_hasher() -> argon2.PasswordHasher:
+    """argon2id with exactly the parameters Gatekeeper's PasswordHasher uses."""
+    return argon2.PasswordHasher(
+        time_cost=PasswordHasher.TIME_COST,
+        memory_cost=PasswordHasher.MEMORY_COST,
+        parallelism=PasswordHasher.PARALLELISM,
+        hash_len=PasswordHasher.HASH_LEN,
+        salt_len=PasswordHasher.SALT_LEN,
+        type=argon2.Type.ID,
+    )
+
+
+def _hashes_in(seconds: float) -> int:
+    hasher = configured_hasher()
+    deadline = time.perf_counter() + seconds
+    count = 0
+    while time.perf_counter() < deadline:
+        hasher.hash(PASSWORD)
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class ReadFigures:
+    """Requests/s with N clients back to back, and latency at a fixed offered rate."""
+
+    closed: LoadResult
+    open: LoadResult
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    sizes: Sizes
+    idle_rss_mb: float
+    _argon2_ceiling: float | None = None
+    _hello_world: ReadFigures | None = None
+    figures: list[Figure] = field(default_factory=list)
+
+    async def argon2_ceiling(self) -> float:
+        """Hashes per second of the configured parameters on every core, in this process."""
+        if self._argon2_ceiling is None:
+            seconds = max(2.0, self.sizes.read_seconds / 2)
+            cores = os.cpu_count() or 1
+            with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+                loop = asyncio.get_running_loop()
+                counts = await asyncio.gather(
+                    *(loop.run_in_executor(pool, _hashes_in, seconds) for _ in range(cores))
+                )
+            self._argon2_ceiling = sum(counts) / seconds
+        return self._argon2_ceiling
+
+    async def read_figures(self, base_url: str, calls: tuple[Call, ...]) -> ReadFigures:
+        sizes = self.sizes
+        closed = await run_load(Load(base_url, calls, concurrency=16, seconds=sizes.read_seconds))
+        offered = await run_load(
+            Load(base_url, calls, seconds=sizes.read_seconds, offered_rate=sizes.offered_rate)
+        )
+        return ReadFigures(closed, offered)
+
+    async def hello_world(self) -> ReadFigures:
+        """The same loads against an aiohttp hello-world in a process of its own."""
+        if self._hello_world is None:
+            port = free_port()
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.hello", str(port)
+            )
+            try:
+                await _wait_for_port(port)
+                self._hello_world = await self.read_figures(
+                    f"http://127.0.0.1:{port}", (Call("GET", "/api/user-info"),)
+                )
+            finally:
+                server.terminate()
+                await server.wait()
+        return self._hello_world
+
+    def peak_rss(self, scenario: str) -> Figure:
+        """The Gatekeeper process's peak RSS since the scenario began, against idle."""
+        peak = self.stack.rss_mb("VmHWM")
+        return Figure(
+            scenario,
+            "peak RSS of Gatekeeper",
+            peak,
+            "MB",
+            "idle",
+            self.idle_rss_mb,
+            f"< {RSS_TARGET_MB:.0f} MB",
+            peak < RSS_TARGET_MB,
+        )
+
+
+async def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+async def log_in(base_url: str, email: str) -> str:
+    """Log in through the API as a browser would; returns the LOGIN_TOKEN cookie."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(base_url + "/api/csrf") as response:
+            csrf = str((await response.json())["csrfToken"])
+        async with session.post(
+            base_url + "/api/auth/login",
+            json={"email": email, "password": PASSWORD},
+            headers={"X-CSRF-Token": csrf},
+        ) as response:
+            answer = await response.json()
+            if answer != {"status": "logged-in"}:
+                raise RuntimeError(f"login of {email} failed: {answer}")
+            return response.cookies["LOGIN_TOKEN"].value

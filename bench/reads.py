@@ -1,0 +1,74 @@
+"""The cheap reads people repeat: `GET /api/user-info` with a session, and the status page
+of a request, against an aiohttp hello-world served the same way."""
+
+from __future__ import annotations
+
+from bench.context import PASSWORD, Bench, ReadFigures, configured_hasher, log_in
+from bench.load import Call
+from bench.report import Figure
+from bench.seed import pending_requests, status_tokens
+
+SESSIONS = 16
+HELLO = "hello-world"
+P99_TARGET_MS = 20.0
+HELLO_SHARE = 0.5
+
+
+def _figures(
+    scenario: str, measured: ReadFigures, hello: ReadFigures, rate: float, targets: bool
+) -> list[Figure]:
+    """Requests/s and latency beside the hello-world's; `targets`: the issue's targets apply."""
+    closed_rps = measured.closed.per_second
+    p99 = measured.open.percentile(99)
+    return [
+        Figure(
+            scenario,
+            f"requests/s, 16 clients ({measured.closed.failures} failed)",
+            closed_rps,
+            "/s",
+            HELLO,
+            hello.closed.per_second,
+            f"ratio ≥ {HELLO_SHARE}" if targets else "",
+            closed_rps >= HELLO_SHARE * hello.closed.per_second if targets else None,
+        ),
+        Figure(
+            scenario,
+            f"p50 at {rate:.0f} req/s offered",
+            measured.open.percentile(50),
+            "ms",
+            HELLO,
+            hello.open.percentile(50),
+            "",
+            None,
+        ),
+        Figure(
+            scenario,
+            f"p99 at {rate:.0f} req/s offered ({measured.open.failures} failed)",
+            p99,
+            "ms",
+            HELLO,
+            hello.open.percentile(99),
+            f"< {P99_TARGET_MS:.0f} ms" if targets else "",
+            p99 < P99_TARGET_MS and measured.open.failures == 0 if targets else None,
+        ),
+    ]
+
+
+async def user_info(bench: Bench) -> list[Figure]:
+    stack = bench.stack
+    accounts = await pending_requests(stack.db, "ui", SESSIONS, configured_hasher().hash(PASSWORD))
+    tokens = [await log_in(stack.web_url, email) for _, email in accounts]
+    calls = tuple(Call("GET", "/api/user-info", cookies={"LOGIN_TOKEN": t}) for t in tokens)
+    measured = await bench.read_figures(stack.web_url, calls)
+    hello = await bench.hello_world()
+    return _figures("userinfo", measured, hello, bench.sizes.offered_rate, targets=True)
+
+
+async def status_page(bench: Bench) -> list[Figure]:
+    stack = bench.stack
+    requests = await pending_requests(stack.db, "st", SESSIONS, "not a hash")
+    tokens = await status_tokens(stack.db, [request_id for request_id, _ in requests])
+    calls = tuple(Call("GET", f"/status?token={token}") for token in tokens)
+    measured = await bench.read_figures(stack.web_url, calls)
+    hello = await bench.hello_world()
+    return _figures("status", measured, hello, bench.sizes.offered_rate, targets=False)

@@ -1,0 +1,212 @@
+"""What a benchmark runs against: a throwaway Synapse, a fresh database, a mail sink and
+Gatekeeper in a process of its own (so its peak RSS can be read), plus an admin in the
+admin room."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
+from mautrix.types import RoomID
+from mautrix.util.async_db import Database
+from ruamel.yaml import YAML
+
+from appservice.config import DatabaseConfig
+from appservice.database import create_database
+from harness.matrix_user import MatrixUser
+from harness.net import free_port
+from harness.synapse import SynapseServer, SynapseSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_NAME = "bench.test"
+ADMIN = "benchadmin"
+ADMIN_PASSWORD = "bench admin password"  # noqa: S105 (a throwaway homeserver's user)
+ADMIN_API_TOKEN = "bench-admin-api-token"  # noqa: S105
+POSTGRES_SERVER = os.environ.get(
+    "GATEKEEPER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"
+)
+# Generous enough that the load measures the paths, not the limits that guard them.
+UNLIMITED = 1_000_000_000
+
+
+class MailSink:
+    """An SMTP server that only counts what it is sent."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        self.received += 1
+        return "250 OK"
+
+
+@dataclass
+class Stack:
+    directory: Path
+    synapse: SynapseServer
+    gatekeeper: asyncio.subprocess.Process
+    web_url: str
+    db: Database
+    admin: MatrixUser
+    room_id: RoomID
+    mail: MailSink
+
+    @property
+    def bot(self) -> str:
+        return f"@gatekeeper:{SERVER_NAME}"
+
+    def reset_peak_rss(self) -> None:
+        # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) of the process.
+        Path(f"/proc/{self.gatekeeper.pid}/clear_refs").write_text("5")
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """The Gatekeeper process's resident memory now (VmRSS) or at its peak (VmHWM)."""
+        for line in Path(f"/proc/{self.gatekeeper.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc/{self.gatekeeper.pid}/status")
+
+
+def _gatekeeper_config(
+    path: Path, synapse: SynapseServer, db_url: str, smtp_port: int, web_port: int
+) -> None:
+    yaml = YAML()
+    data = yaml.load((ROOT / "example-config.yaml").read_text())
+    appservice_port = free_port()
+    data["homeserver"].update(
+        {
+            "address": synapse.url,
+            "domain": SERVER_NAME,
+            "registration_shared_secret": synapse.shared_secret,
+        }
+    )
+    data["appservice"].update(
+        {"address": f"http://127.0.0.1:{appservice_port}", "port": appservice_port}
+    )
+    data["database"]["url"] = db_url
+    data["admin_room"]["admins"] = [f"@{ADMIN}:{SERVER_NAME}"]
+    data["web"].update(
+        {
+            "port": web_port,
+            "public_base_url": f"http://127.0.0.1:{web_port}",
+            "admin_api_token": ADMIN_API_TOKEN,
+        }
+    )
+    data["smtp"]["port"] = smtp_port
+    # Sign-ups go straight to the admins: the notices and logins measured need confirmed
+    # requests, and clicking 10,000 mail links would measure the bench, not Gatekeeper.
+    data["registration"]["require_email_confirmation"] = False
+    data["registration"]["retry_initial_seconds"] = 0.5
+    data["security"].update(
+        {
+            "login_attempts_per_minute": UNLIMITED,
+            "signups_per_hour": UNLIMITED,
+            "lockout_failures": UNLIMITED,
+        }
+    )
+    data["logging"]["level"] = "WARNING"
+    with path.open("w") as file:
+        yaml.dump(data, file)
+
+
+@contextlib.asynccontextmanager
+async def _database(sqlite: bool, directory: Path) -> AsyncIterator[str]:
+    """A fresh database URL: a SQLite file, or a PostgreSQL database dropped afterwards."""
+    if sqlite:
+        yield f"sqlite:{directory / 'gatekeeper.db'}"
+        return
+    name = f"gatekeeper_bench_{secrets.token_hex(4)}"
+    server = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres")
+    await server.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await server.close()
+
+
+async def _wait_for_web(process: asyncio.subprocess.Process, url: str, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"Gatekeeper exited with {process.returncode}; see {log}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/api/csrf") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"Gatekeeper did not open its web endpoint; see {log}")
+
+
+async def _join_admin_room(admin: MatrixUser) -> RoomID:
+    deadline = time.monotonic() + 60
+    while not admin.invites:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the bot never invited the admin to its room")
+        await admin.sync_once()
+    room_id = admin.invites.pop()
+    await admin.api.join_room_by_id(room_id)
+    return room_id
+
+
+@contextlib.asynccontextmanager
+async def running_stack(directory: Path, sqlite: bool) -> AsyncIterator[Stack]:
+    config = directory / "gatekeeper.yaml"
+    registration = directory / "registration.yaml"
+    synapse = SynapseServer(
+        SynapseSettings(directory / "synapse", SERVER_NAME, free_port(), (registration,))
+    )
+    mail = MailSink()
+    web_port = free_port()
+    async with _database(sqlite, directory) as db_url:
+        _gatekeeper_config(config, synapse, db_url, mail.controller.port, web_port)
+        generate = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "appservice", "generate-registration"),
+            *("-c", str(config), "-o", str(registration)),
+        )
+        if await generate.wait() != 0:
+            raise RuntimeError("gatekeeper generate-registration failed")
+        mail.controller.start()
+        await synapse.start()
+        log_path = directory / "gatekeeper.log"
+        with log_path.open("ab") as log_file:
+            gatekeeper = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "appservice", "-c", str(config)),
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        db = create_database(DatabaseConfig(url=db_url))
+        admin: MatrixUser | None = None
+        db_started = False
+        try:
+            await synapse.register_user(ADMIN, ADMIN_PASSWORD, admin=True)
+            admin = await MatrixUser.login(synapse.url, ADMIN, ADMIN_PASSWORD)
+            web_url = f"http://127.0.0.1:{web_port}"
+            await _wait_for_web(gatekeeper, web_url, log_path)
+            room_id = await _join_admin_room(admin)
+            await db.start()
+            db_started = True
+            yield Stack(directory, synapse, gatekeeper, web_url, db, admin, room_id, mail)
+        finally:
+            if admin is not None:
+                await admin.close()
+            gatekeeper.terminate()
+            await asyncio.wait_for(gatekeeper.wait(), 30)
+            if db_started:
+                await db.stop()
+            await synapse.stop()
+            mail.controller.stop()
