@@ -10,7 +10,7 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lock lint format test demo clean chromium docs
+.PHONY: install lock lint format test demo clean chromium docs fuzz
 
 install: $(INSTALLED)
 
@@ -43,6 +43,10 @@ chromium:
 
 test: lint chromium
 	$(BIN)/pytest
+
+# tests/test_fuzz.py with many more examples per operation than the suite's quick run.
+fuzz: install
+	GATEKEEPER_FUZZ_EXAMPLES=$${GATEKEEPER_FUZZ_EXAMPLES:-300} $(BIN)/pytest --timeout 3600 tests/test_fuzz.py
 
 demo: install
 	$(BIN)/python -m harness.demo

@@ -1,4 +1,9 @@
-"""The OpenAPI document of /api, built from the registered routes and their docstrings."""
+"""The OpenAPI document of /api, built from the registered routes and their docstrings.
+
+Request schemas carry the constraints the handlers check (so a fuzzer's valid data gets
+past validation), and each success answer has its schema (so a client, or schemathesis,
+can tell when an answer changes shape).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,18 @@ from typing import Any
 
 from aiohttp import web
 
+from appservice.i18n import Catalogue
+from appservice.passwords import MAX_BYTES, MIN_LENGTH
+from appservice.registrations import State
+from appservice.signup import MAX_REASON_CHARS
+
 TEXT = {"type": "string"}
 FLAG = {"type": "boolean"}
+EMAIL = {"type": "string", "format": "email"}
+NEW_PASSWORD = {"type": "string", "minLength": MIN_LENGTH, "maxLength": MAX_BYTES}
+LANGUAGE = {"type": "string", "enum": Catalogue().languages}
+TIME = {"type": "string", "format": "date-time"}
+STATE = {"type": "string", "enum": [state.value for state in State]}
 
 
 def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
@@ -18,38 +33,51 @@ def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dic
     return schema
 
 
+def _one_of(*values: str) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values)}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/auth/sign-up": _object(
         ("userName", "email", "password"),
-        userName=TEXT,
-        email=TEXT,
-        password=TEXT,
-        language=TEXT,
-        reason=TEXT,
+        userName={"type": "string", "pattern": r"^[a-z0-9._=\-/+]{1,64}$"},
+        email=EMAIL,
+        password=NEW_PASSWORD,
+        language=LANGUAGE,
+        reason={"type": "string", "maxLength": MAX_REASON_CHARS},
+        invite=TEXT,
     ),
     "/api/user/confirm-email": _object(("token",), token=TEXT),
-    "/api/user/re-trigger-confirmation-email": _object(("email",), email=TEXT),
+    "/api/user/re-trigger-confirmation-email": _object(("email",), email=EMAIL),
     "/api/registration/withdraw": _object(("token",), token=TEXT),
-    "/api/auth/login": _object(("email", "password"), email=TEXT, password=TEXT),
+    "/api/auth/login": _object(("email", "password"), email=EMAIL, password=TEXT),
     "/api/auth/login-with-second-factor": _object(
         ("email", "password", "secondFactor"),
-        email=TEXT,
+        email=EMAIL,
         password=TEXT,
-        secondFactor=TEXT,
+        secondFactor={"type": "string", "pattern": "^[0-9]{6}$"},
         rememberDevice=FLAG,
     ),
     "/api/auth/logout": _object(forgetDevice=FLAG),
-    "/api/auth/request-password-reset": _object(("email",), email=TEXT),
+    "/api/auth/request-password-reset": _object(("email",), email=EMAIL),
     "/api/auth/reset-password": _object(
-        ("email", "token", "newPassword"), email=TEXT, token=TEXT, newPassword=TEXT
+        ("email", "token", "newPassword"), email=EMAIL, token=TEXT, newPassword=NEW_PASSWORD
     ),
-    "/api/user/settings/language": _object(("language",), language=TEXT),
+    "/api/user/settings/language": _object(("language",), language=LANGUAGE),
     "/api/user/settings/sudo": _object(("password",), password=TEXT),
     "/api/user/settings/confirm-email-change": _object(("token",), token=TEXT),
     "/api/user/settings/generate-temporary-2fa": _object(),
-    "/api/user/settings/sensitive/change-email": _object(("newEmail",), newEmail=TEXT),
-    "/api/user/settings/sensitive/change-password": _object(("newPassword",), newPassword=TEXT),
-    "/api/user/settings/sensitive/2fa": _object(("enable",), enable=FLAG, secondFactor=TEXT),
+    "/api/user/settings/sensitive/change-email": _object(("newEmail",), newEmail=EMAIL),
+    "/api/user/settings/sensitive/change-password": _object(
+        ("newPassword",), newPassword=NEW_PASSWORD
+    ),
+    "/api/user/settings/sensitive/2fa": _object(
+        ("enable",), enable=FLAG, secondFactor={"type": "string", "pattern": "^[0-9]{6}$"}
+    ),
     "/api/admin/registrations/{id}/approve": _object(),
     "/api/admin/registrations/{id}/reject": _object(reason=TEXT),
 }
@@ -59,10 +87,139 @@ QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
         {"name": "token", "in": "query", "required": True, "schema": TEXT}
     ],
     "/api/admin/registrations": [
-        {"name": "state", "in": "query", "schema": TEXT},
+        {"name": "state", "in": "query", "schema": STATE},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     ],
+}
+
+REGISTRATION = _object(
+    ("id", "userName", "userId", "email", "language", "state", "createdAt"),
+    id=TEXT,
+    userName=TEXT,
+    userId=TEXT,
+    email=TEXT,
+    language=TEXT,
+    reason=_nullable(TEXT),
+    state=STATE,
+    status=TEXT,
+    matrixStatus=TEXT,
+    createdAt=TIME,
+    decidedBy=_nullable(TEXT),
+    decidedAt=_nullable(TIME),
+    decisionReason=_nullable(TEXT),
+    provisionAttempts={"type": "integer", "minimum": 0},
+    lastError=_nullable(TEXT),
+)
+HISTORY_ENTRY = _object(
+    ("at", "to"),
+    at=TIME,
+    actor=_nullable(TEXT),
+    to=TEXT,
+    reason=_nullable(TEXT),
+    **{"from": _nullable(TEXT)},
+)
+DECISION = _object(
+    ("outcome", "registration"),
+    outcome=_one_of("changed", "already"),
+    registration={"$ref": "#/components/schemas/Registration"},
+)
+EMPTY = _object()
+
+# The success answer of each path: its status and body schema.
+RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
+    "/api/csrf": (200, _object(("csrfToken",), csrfToken=TEXT)),
+    "/api/auth/login": (
+        200,
+        _object(
+            ("status",),
+            status=_one_of("logged-in", "second-factor-required", "invalid-credentials"),
+        ),
+    ),
+    "/api/auth/login-with-second-factor": (
+        200,
+        _object(("loggedIn",), loggedIn=FLAG, timeoutUntil=TIME),
+    ),
+    "/api/auth/logout": (200, EMPTY),
+    "/api/auth/request-password-reset": (200, EMPTY),
+    "/api/auth/reset-password": (
+        200,
+        _object(("status",), status=_one_of("success", "invalid-token")),
+    ),
+    # Without a session the object is empty, hence nothing is required.
+    "/api/user-info": (
+        200,
+        _object(
+            roles={"type": "array", "items": _one_of("user", "applicant")},
+            emailVerified=FLAG,
+            language=TEXT,
+            email=TEXT,
+            status=STATE,
+            userName=TEXT,
+            userId=TEXT,
+        ),
+    ),
+    "/api/user/settings/language": (200, EMPTY),
+    "/api/user/settings/sudo": (200, _object(("success",), success=FLAG)),
+    "/api/user/settings/confirm-email-change": (
+        200,
+        _object(
+            ("status", "email"),
+            status=_one_of("no-change-in-progress", "invalid-token", "new-email-confirmed"),
+            email=TEXT,
+        ),
+    ),
+    "/api/user/settings/generate-temporary-2fa": (
+        200,
+        _object(
+            ("secret", "otpauthUri", "qrCodeSvg"), secret=TEXT, otpauthUri=TEXT, qrCodeSvg=TEXT
+        ),
+    ),
+    "/api/user/settings/sensitive/change-email": (200, EMPTY),
+    "/api/user/settings/sensitive/change-password": (200, EMPTY),
+    "/api/user/settings/sensitive/2fa": (200, _object(("enabled",), enabled=FLAG)),
+    "/api/auth/sign-up": (201, _object(("status", "userId"), status=STATE, userId=TEXT)),
+    "/api/user/confirm-email": (
+        200,
+        _object(
+            ("status",), status=_one_of("newly-confirmed", "already-confirmed", "invalid-token")
+        ),
+    ),
+    "/api/user/re-trigger-confirmation-email": (200, _object(("sent",), sent=FLAG)),
+    "/api/registration/status": (
+        200,
+        _object(("status", "userId", "email"), status=STATE, userId=TEXT, email=TEXT),
+    ),
+    "/api/registration/withdraw": (200, _object(("status",), status=_one_of("withdrawn"))),
+    "/api/antibot/challenge": (
+        200,
+        _object(
+            ("algorithm", "challenge", "maxNumber", "salt", "signature"),
+            algorithm=TEXT,
+            challenge=TEXT,
+            maxNumber={"type": "integer"},
+            salt=TEXT,
+            signature=TEXT,
+        ),
+    ),
+    "/api/admin/registrations": (
+        200,
+        _object(
+            ("registrations",),
+            registrations={"type": "array", "items": {"$ref": "#/components/schemas/Registration"}},
+        ),
+    ),
+    "/api/admin/registrations/{id}": (
+        200,
+        {
+            "allOf": [
+                {"$ref": "#/components/schemas/Registration"},
+                _object(("history",), history={"type": "array", "items": HISTORY_ENTRY}),
+            ]
+        },
+    ),
+    "/api/admin/registrations/{id}/approve": (200, DECISION),
+    "/api/admin/registrations/{id}/reject": (200, DECISION),
 }
 
 ERROR = _object(
@@ -70,17 +227,23 @@ ERROR = _object(
 )
 
 
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
+    # An undescribed route still answers JSON, just of no documented shape.
+    status, success = RESPONSES.get(path, (200, {}))
+    error = {"$ref": "#/components/schemas/Error"}
     operation: dict[str, Any] = {
         "summary": summary.replace("\n", " "),
         "responses": {
-            "2XX": {"description": "Success", "content": {"application/json": {"schema": {}}}},
-            "4XX": {
-                "description": "The JSON error body",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
+            str(status): _json("Success", success),
+            "4XX": _json("The JSON error body", error),
+            # Any handler that needs the homeserver says so when it is not answering.
+            "503": _json("The homeserver is not answering", error),
         },
     }
     if description:
@@ -117,7 +280,7 @@ def openapi_document(app: web.Application, title: str) -> dict[str, Any]:
         "info": {"title": title, "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": {"Error": ERROR},
+            "schemas": {"Error": ERROR, "Registration": REGISTRATION},
             "securitySchemes": {
                 "adminToken": {"type": "http", "scheme": "bearer"},
                 "csrfToken": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
