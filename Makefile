@@ -10,7 +10,7 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lock lint format test demo clean chromium docs fuzz
+.PHONY: install lock lint format test demo clean chromium docs fuzz bench
 
 install: $(INSTALLED)
 
@@ -47,6 +47,11 @@ test: lint chromium
 # tests/test_fuzz.py with many more examples per operation than the suite's quick run.
 fuzz: install
 	GATEKEEPER_FUZZ_EXAMPLES=$${GATEKEEPER_FUZZ_EXAMPLES:-300} $(BIN)/pytest --timeout 3600 tests/test_fuzz.py
+
+# Timings, run by hand: a real Synapse and PostgreSQL-backed Gatekeeper under load; prints
+# a table and writes bench/results/<date>.json. BENCH_ARGS="--sqlite", "--quick", "signup" ...
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: install
 	$(BIN)/python -m harness.demo

@@ -21,6 +21,7 @@ from bench.stack import Stack
 from harness.net import free_port
 
 RSS_TARGET_MB = 120.0
+READ_CLIENTS = 16
 PASSWORD = "a benchmark passphrase 42"  # noqa: S105 (throwaway accounts)
 
 
@@ -112,7 +113,9 @@ class Bench:
 
     async def read_figures(self, base_url: str, calls: tuple[Call, ...]) -> ReadFigures:
         sizes = self.sizes
-        closed = await run_load(Load(base_url, calls, concurrency=16, seconds=sizes.read_seconds))
+        closed = await run_load(
+            Load(base_url, calls, concurrency=READ_CLIENTS, seconds=sizes.read_seconds)
+        )
         offered = await run_load(
             Load(base_url, calls, seconds=sizes.read_seconds, offered_rate=sizes.offered_rate)
         )

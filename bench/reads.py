@@ -3,12 +3,14 @@ of a request, against an aiohttp hello-world served the same way."""
 
 from __future__ import annotations
 
-from bench.context import PASSWORD, Bench, ReadFigures, configured_hasher, log_in
+import aiohttp
+
+from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, configured_hasher, log_in
 from bench.load import Call
 from bench.report import Figure
 from bench.seed import pending_requests, status_tokens
 
-SESSIONS = 16
+SESSIONS = READ_CLIENTS
 HELLO = "hello-world"
 P99_TARGET_MS = 20.0
 HELLO_SHARE = 0.5
@@ -23,7 +25,7 @@ def _figures(
     return [
         Figure(
             scenario,
-            f"requests/s, 16 clients ({measured.closed.failures} failed)",
+            f"requests/s, {READ_CLIENTS} clients ({measured.closed.failures} failed)",
             closed_rps,
             "/s",
             HELLO,
@@ -58,6 +60,13 @@ async def user_info(bench: Bench) -> list[Figure]:
     stack = bench.stack
     accounts = await pending_requests(stack.db, "ui", SESSIONS, configured_hasher().hash(PASSWORD))
     tokens = [await log_in(stack.web_url, email) for _, email in accounts]
+    # An answer without a session is a 200 too: check that the cookie is taken.
+    async with (
+        aiohttp.ClientSession(cookies={"LOGIN_TOKEN": tokens[0]}) as session,
+        session.get(stack.web_url + "/api/user-info") as response,
+    ):
+        if "userName" not in await response.json():
+            raise RuntimeError("GET /api/user-info did not see the session")
     calls = tuple(Call("GET", "/api/user-info", cookies={"LOGIN_TOKEN": t}) for t in tokens)
     measured = await bench.read_figures(stack.web_url, calls)
     hello = await bench.hello_world()

@@ -164,7 +164,11 @@ async def _join_admin_room(admin: MatrixUser) -> RoomID:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(directory: Path, sqlite: bool) -> AsyncIterator[Stack]:
+async def running_stack(
+    directory: Path, sqlite: bool, profile_to: Path | None = None
+) -> AsyncIterator[Stack]:
+    """Everything started; with `profile_to`, Gatekeeper runs under pyinstrument, whose
+    report is written there when it stops."""
     config = directory / "gatekeeper.yaml"
     registration = directory / "registration.yaml"
     synapse = SynapseServer(
@@ -177,6 +181,7 @@ async def running_stack(directory: Path, sqlite: bool) -> AsyncIterator[Stack]:
         generate = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "appservice", "generate-registration"),
             *("-c", str(config), "-o", str(registration)),
+            stdout=asyncio.subprocess.DEVNULL,
         )
         if await generate.wait() != 0:
             raise RuntimeError("gatekeeper generate-registration failed")
@@ -184,8 +189,11 @@ async def running_stack(directory: Path, sqlite: bool) -> AsyncIterator[Stack]:
         await synapse.start()
         log_path = directory / "gatekeeper.log"
         with log_path.open("ab") as log_file:
+            profiler = ("-m", "pyinstrument", "-r", "text", "-o", str(profile_to))
             gatekeeper = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "appservice", "-c", str(config)),
+                sys.executable,
+                *(profiler if profile_to else ()),
+                *("-m", "appservice", "-c", str(config)),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
             )
