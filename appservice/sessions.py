@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from mautrix.util.async_db import Database
 
 from appservice.config import WebConfig
+from appservice.registrations import RegistrationRequest
 from appservice.timeutil import now_ms
 
 TOKEN_BYTES = 32  # 256 bits, above SECURITY.md's 128
@@ -33,6 +34,18 @@ class Session:
     last_seen_at: int
     sudo_token_hash: str | None
     sudo_until: int | None
+    # The account as it was when the session was looked up, read by the same query.
+    account: RegistrationRequest | None = field(default=None, compare=False)
+
+
+_SESSION_COLUMNS = [f.name for f in fields(Session) if f.name != "account"]
+# One round trip per authenticated request: the session with its account.
+_FIND_WITH_ACCOUNT = (
+    "SELECT r.*, "  # noqa: S608 (column names are ours)
+    + ", ".join(f"s.{name} AS session_{name}" for name in _SESSION_COLUMNS)
+    + " FROM web_session s JOIN registration_request r ON r.id = s.request_id"
+    " WHERE s.token_hash=$1"
+)
 
 
 class Sessions:
@@ -59,12 +72,13 @@ class Sessions:
 
     async def find(self, token: str) -> Session | None:
         """The live session of a LOGIN_TOKEN; an idle or too old one is deleted."""
-        row = await self.db.fetchrow(
-            "SELECT * FROM web_session WHERE token_hash=$1", token_hash(token)
-        )
+        row = await self.db.fetchrow(_FIND_WITH_ACCOUNT, token_hash(token))
         if row is None:
             return None
-        session = Session(**{k: row[k] for k in Session.__dataclass_fields__})
+        session = Session(
+            **{name: row[f"session_{name}"] for name in _SESSION_COLUMNS},
+            account=RegistrationRequest.from_row(row),
+        )
         now = now_ms()
         if now - session.last_seen_at > self.idle_ms or now - session.created_at > self.max_ms:
             await self.end(session)

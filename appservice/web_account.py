@@ -121,7 +121,7 @@ class AccountApi:
         """`GET /api/user-info` → `{roles, emailVerified, language, status, userId?}`;
         `{}` without a session."""
         session = request.get(SESSION_KEY)
-        account = await self.registrations.get(session.request_id) if session else None
+        account = session.account if session else None
         if account is None:
             return web.json_response({})
         active = account.state is State.ACTIVE

@@ -6,6 +6,7 @@ notice only delays the notice.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -22,6 +23,10 @@ log = logging.getLogger("gatekeeper.bot.notices")
 
 APPROVE_KEYS = ("✅", "✔️", "✔", "👍")
 REJECT_KEYS = ("❌", "✖️", "✖", "👎")
+# Notices sent at once: Synapse persists concurrent events of a room in one batch, so a
+# burst of sign-ups is posted several times faster than one send after another, at the
+# price of notices within one group reaching the room in any order.
+PARALLEL_SENDS = 8
 
 OUTCOME = {
     State.APPROVED: "✅ Approved by {decided_by}; creating the account…",
@@ -104,8 +109,9 @@ class NoticeBoard:
         if self.room.room_id is None:
             return None
         while behind := await self.registrations.notices_behind():
-            for request in behind:
-                await self.show(request)
+            for start in range(0, len(behind), PARALLEL_SENDS):
+                group = behind[start : start + PARALLEL_SENDS]
+                await asyncio.gather(*(self.show(request) for request in group))
         return None
 
     async def show(self, request: RegistrationRequest) -> None:
