@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -54,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace, names: list[str]) -> list[Figure]:
+async def run(
+    args: argparse.Namespace, names: list[str]
+) -> tuple[list[Figure], dict[str, dict[str, float]]]:
+    """The figures, and the CPU time each scenario cost each process (where time goes)."""
+    cpu: dict[str, dict[str, float]] = {}
     sizes = QUICK if args.quick else FULL
     profile = args.profile.resolve() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="gatekeeper-bench-") as directory:
@@ -64,15 +69,20 @@ async def run(args: argparse.Namespace, names: list[str]) -> list[Figure]:
             for name in names:
                 print(f"Running {name} …", flush=True)
                 stack.reset_peak_rss()
+                cpu_before, started = await stack.cpu_seconds(), time.perf_counter()
                 bench.figures += await SCENARIOS[name](bench)
                 bench.figures.append(bench.peak_rss(name))
-            return bench.figures
+                cpu_after, wall = await stack.cpu_seconds(), time.perf_counter() - started
+                cpu[name] = {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}
+                used = ", ".join(f"{k} {v:.1f} s" for k, v in cpu[name].items())
+                print(f"  CPU time in {wall:.1f} s: {used}", flush=True)
+            return bench.figures, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = [name for name in SCENARIOS if name in args.scenarios] or list(SCENARIOS)
-    figures = asyncio.run(run(args, names))
+    figures, cpu = asyncio.run(run(args, names))
     print()
     print(table(figures))
     about = machine()
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "database": "sqlite" if args.sqlite else "postgres",
         "sizes": asdict(QUICK if args.quick else FULL),
         "scenarios": names,
+        "cpu_seconds": cpu,
     }
     print(f"Results: {write_results(figures, settings)}")
     return 0  # timings are never tests: a missed target is shown, not a failure

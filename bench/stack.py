@@ -20,7 +20,7 @@ import asyncpg
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 from mautrix.types import RoomID
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, Scheme
 from ruamel.yaml import YAML
 
 from appservice.config import DatabaseConfig
@@ -72,12 +72,36 @@ class Stack:
         # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) of the process.
         Path(f"/proc/{self.gatekeeper.pid}/clear_refs").write_text("5")
 
+    async def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by Gatekeeper, Synapse and this database's PostgreSQL backends."""
+        assert self.synapse.process is not None
+        used = {
+            "gatekeeper": _cpu_seconds(self.gatekeeper.pid),
+            "synapse": _cpu_seconds(self.synapse.process.pid),
+        }
+        if self.db.scheme != Scheme.SQLITE:
+            backends = await self.db.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            used["postgres"] = sum(_cpu_seconds(row["pid"]) for row in backends)
+        return used
+
     def rss_mb(self, field: str = "VmRSS") -> float:
         """The Gatekeeper process's resident memory now (VmRSS) or at its peak (VmHWM)."""
         for line in Path(f"/proc/{self.gatekeeper.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no {field} in /proc/{self.gatekeeper.pid}/status")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    # After the command name: utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _gatekeeper_config(
