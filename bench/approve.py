@@ -73,13 +73,12 @@ async def approve(bench: Bench) -> list[Figure]:
     signed_up = await run_load(Load(stack.web_url, sign_up_calls(prefix, count), concurrency=4))
     if signed_up.failures:
         raise RuntimeError(f"{signed_up.failures} sign-ups for the approvals failed")
+    rows = await stack.db.fetch(
+        "SELECT id FROM registration_request WHERE localpart LIKE $1", f"{prefix}-%"
+    )
+    ids = [row["id"] for row in rows]
     headers = {"Authorization": f"Bearer {ADMIN_API_TOKEN}"}
     async with aiohttp.ClientSession(headers=headers) as session:
-        async with session.get(
-            f"{stack.web_url}/api/admin/registrations?state=pending&limit=500"
-        ) as response:
-            listed = (await response.json())["registrations"]
-        ids = [r["id"] for r in listed if r["userName"].startswith(prefix)]
         gatekeeper = [await _approve_until_active(session, stack.web_url, i) for i in ids]
         alone = [
             await _shared_secret_registration(
