@@ -68,6 +68,7 @@ async def run(
             bench = Bench(stack, sizes, idle_rss_mb=stack.rss_mb())
             for name in names:
                 print(f"Running {name} …", flush=True)
+                await stack.settle()
                 stack.reset_peak_rss()
                 cpu_before, started = await stack.cpu_seconds(), time.perf_counter()
                 bench.figures += await SCENARIOS[name](bench)

@@ -86,6 +86,19 @@ class Stack:
             used["postgres"] = sum(_cpu_seconds(row["pid"]) for row in backends)
         return used
 
+    async def settle(self, timeout: float = 300) -> None:
+        """Wait until Gatekeeper has caught up (every notice posted, no account waiting), so
+        one scenario's backlog does not weigh on the next."""
+        deadline = time.monotonic() + timeout
+        while await self.db.fetchval(
+            "SELECT COUNT(*) FROM registration_request"
+            " WHERE (status='pending' AND notice_event_id IS NULL)"
+            " OR (status='approved' AND matrix_status IN ('pending', 'processing'))"
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Gatekeeper did not catch up in {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+
     def rss_mb(self, field: str = "VmRSS") -> float:
         """The Gatekeeper process's resident memory now (VmRSS) or at its peak (VmHWM)."""
         for line in Path(f"/proc/{self.gatekeeper.pid}/status").read_text().splitlines():
