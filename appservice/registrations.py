@@ -363,6 +363,8 @@ class Registrations:
 
     async def notices_behind(self, limit: int = 100) -> list[RegistrationRequest]:
         """Requests whose admin-room notice is missing or shows an older state."""
+        # The WHERE is the partial index registration_request_notice_behind's (migration
+        # 006), word for word, so both databases read only the requests that are behind.
         rows = await self.db.fetch(
             "SELECT * FROM registration_request"
             " WHERE (notice_event_id IS NULL AND (status='pending'"
