@@ -299,6 +299,12 @@ class SecurityConfig(Section):
         return value
 
 
+class MetricsConfig(Section):
+    enabled: bool = False
+    hostname: str = "127.0.0.1"
+    port: int = 29332
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -314,6 +320,7 @@ class Config(Section):
     registration: RegistrationConfig = RegistrationConfig()
     security: SecurityConfig
     antibot: AntibotConfig = AntibotConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
@@ -51,6 +52,8 @@ class Mailer:
         # make_msgid() would otherwise ask DNS for our host name, blocking the loop.
         sender_domain = parseaddr(config.from_address)[1].rpartition("@")[2]
         self._msgid_domain = sender_domain or "gatekeeper.invalid"
+        # Who hears that mail was queued: our own sender, or (standing by) the active process.
+        self.on_wake: Callable[[], None] = self.wake_sender
 
     async def enqueue(
         self, conn: LoggingConnection | Database, recipient: str, subject: str, body: str
@@ -73,6 +76,9 @@ class Mailer:
         )
 
     def wake(self) -> None:
+        self.on_wake()
+
+    def wake_sender(self) -> None:
         self._wake.set()
 
     async def pending_count(self) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUnknownToken
@@ -21,13 +22,15 @@ from appservice.database import create_database, upgrade
 from appservice.decisions import Decisions
 from appservice.gate import Gate
 from appservice.i18n import Catalogue
+from appservice.leadership import Leadership, leadership_for
 from appservice.mailer import Mailer
 from appservice.matrix import GatekeeperAppService
+from appservice.monitoring import Monitoring
 from appservice.pages import Pages
 from appservice.passwords import PasswordHasher
 from appservice.provisioner import Provisioner
 from appservice.ratelimit import Lockout, RateLimiter
-from appservice.registrations import RegistrationRequest, Registrations
+from appservice.registrations import Registrations
 from appservice.sessions import Sessions
 from appservice.signup import SignUps
 from appservice.state import BotState, TransactionLog
@@ -63,6 +66,8 @@ EXIT_HOMESERVER = 12
 
 
 SWEEP_SECONDS = 60.0
+# A process that got the active role but could not start it waits this long to try again.
+RETAKE_SECONDS = 10.0
 
 
 def derived_key(purpose: str, config: Config) -> str:
@@ -71,50 +76,214 @@ def derived_key(purpose: str, config: Config) -> str:
     return hashlib.sha256(f"gatekeeper {purpose}\0{secret}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Core:
+    """What every process has, active or standing by."""
+
+    db: Database
+    box: SecretBox
+    registrations: Registrations
+    mailer: Mailer
+    mail: ApplicantMail
+    decisions: Decisions
+    synapse: SynapseAdmin
+    gate: Gate
+    leadership: Leadership
+    monitoring: Monitoring
+
+
 class Gatekeeper:
-    """Owns the process's objects: database, listeners, bot, and the background workers."""
+    """Owns the process's objects: database, listeners, bot, and the background workers.
+
+    Every process serves the web endpoint; the active one (see leadership.py) also runs
+    the appservice listener, the admin-room bot, the mail outbox and the workers."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db: Database | None = None
+        self.core: Core | None = None
         self.appservice: GatekeeperAppService | None = None
         self.bot: AdminBot | None = None
-        self.registrations: Registrations | None = None
-        self.synapse: SynapseAdmin | None = None
-        self.mailer: Mailer | None = None
         self.web_runner: web.AppRunner | None = None
+        self.metrics_runner: web.AppRunner | None = None
         self.workers: list[Worker] = []
+        # The workers with something to do after a request changes (not the expiry sweep).
+        self._change_workers: list[Worker] = []
+        self._standing_by: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> Core:
+        if self.core is None:
+            raise RuntimeError("Gatekeeper.start() has not run")
+        return self.core
+
+    @property
+    def db(self) -> Database:
+        return self.started.db
+
+    @property
+    def registrations(self) -> Registrations:
+        return self.started.registrations
+
+    @property
+    def synapse(self) -> SynapseAdmin:
+        return self.started.synapse
+
+    @property
+    def mailer(self) -> Mailer:
+        return self.started.mailer
+
+    @property
+    def role(self) -> str:
+        return self.core.leadership.role if self.core is not None else "stopped"
 
     async def start(self) -> None:
         config = self.config
-        self.db = await self._start_database()
+        db = await self._start_database()
         box = SecretBox(config.security)
-        self.registrations = registrations = Registrations(self.db)
+        registrations = Registrations(db)
+        mailer = Mailer(config.smtp, db, box)
+        mail = ApplicantMail(config, registrations, mailer, Catalogue())
+        leadership = leadership_for(config.database, db)
+        self.core = core = Core(
+            db=db,
+            box=box,
+            registrations=registrations,
+            mailer=mailer,
+            mail=mail,
+            decisions=Decisions(config.registration, registrations, mail),
+            synapse=SynapseAdmin(config.homeserver, config.appservice.as_token.get_secret_value()),
+            gate=Gate(db, config.registration, BotState(db)),
+            leadership=leadership,
+            monitoring=Monitoring(config, db, leadership),
+        )
+        await core.synapse.start()
+        leadership.on_changes = self._wake_workers
+        mailer.on_wake = lambda: self._announce_changes(mail_only=True)
+        registrations.listeners.append(lambda _: self._announce_changes())
+
+        # Active before the web endpoint opens: whatever it changes is heard at once.
+        if await leadership.try_acquire():
+            await self._become_active()
+        else:
+            log.info("Another Gatekeeper process is active; this one serves the web and waits")
+        self._standing_by = asyncio.create_task(self._hold_active_role(), name="active-role")
+        await self._open_web(self._web_app(core))
+        log.info("Gatekeeper is ready (%s)", leadership.role)
+
+    def _web_app(self, core: Core) -> web.Application:
+        config = self.config
+        hasher = PasswordHasher()
+        limiter = RateLimiter(core.db)
+        signups = SignUps(
+            config,
+            core.registrations,
+            core.synapse,
+            hasher,
+            core.box,
+            core.mail,
+            limiter,
+            core.gate,
+            AntiBot(config.antibot, derived_key("altcha", config)),
+            Captcha(config.antibot),
+        )
+        sessions = Sessions(core.db, config.web)
+        accounts = Accounts(
+            config,
+            core.registrations,
+            sessions,
+            hasher,
+            TotpStore(core.db, core.box, issuer=config.homeserver.domain),
+            limiter,
+            Lockout(
+                core.db,
+                config.security.lockout_failures,
+                config.security.lockout_first_wait_seconds,
+                config.security.lockout_max_wait_seconds,
+            ),
+            core.mail,
+            core.synapse,
+        )
+        cookies = Cookies(config)
+        csrf = Csrf(derived_key("csrf", config).encode())
+        account_api = AccountApi(accounts, core.registrations, sessions, cookies, csrf)
+        pages = Pages(
+            config,
+            core.mail.catalogue,
+            core.registrations,
+            signups,
+            accounts,
+            sessions,
+            cookies,
+            csrf,
+        )
+        return create_web_app(
+            WebApi(config, core.registrations, signups, core.decisions),
+            account_api,
+            pages,
+            security_middleware(cookies, csrf, sessions, core.registrations),
+            core.monitoring,
+        )
+
+    async def _open_web(self, app: web.Application) -> None:
+        config = self.config
+        # Against PostgreSQL several processes may share the port; with SQLite a second
+        # process must fail to bind rather than write the same file.
+        shared = not config.database.url.startswith("sqlite:")
+        self.web_runner = web.AppRunner(app, access_log=None)
+        await self.web_runner.setup()
+        await web.TCPSite(
+            self.web_runner, config.web.hostname, config.web.port, reuse_port=shared
+        ).start()
+        log.info("Web endpoint on %s:%d", config.web.hostname, config.web.port)
+        if config.metrics.enabled:
+            self.metrics_runner = web.AppRunner(self.started.monitoring.app(), access_log=None)
+            await self.metrics_runner.setup()
+            await web.TCPSite(
+                self.metrics_runner, config.metrics.hostname, config.metrics.port
+            ).start()
+            log.info("Metrics on %s:%d", config.metrics.hostname, config.metrics.port)
+
+    async def _hold_active_role(self) -> None:
+        """Stand by until active; give the role up when its connection drops, and try again."""
+        leadership = self.started.leadership
+        while True:
+            if not leadership.active:
+                await leadership.acquire()
+                try:
+                    await self._become_active()
+                except Exception:
+                    log.exception("Cannot take over the active role")
+                    await self._stand_down()
+                    await leadership.close()
+                    await asyncio.sleep(RETAKE_SECONDS)
+                    continue
+            await leadership.lost.wait()
+            await self._stand_down()
+
+    async def _become_active(self) -> None:
+        config = self.config
+        core = self.started
+        registrations = core.registrations
         resumed = await registrations.resume_interrupted()
         if resumed:
             log.info("Resumed %d interrupted account creations", resumed)
-        self.mailer = mailer = Mailer(config.smtp, self.db, box)
-        catalogue = Catalogue()
-        mail = ApplicantMail(config, registrations, self.mailer, catalogue)
-        decisions = Decisions(config.registration, registrations, mail)
-        self.synapse = SynapseAdmin(
-            config.homeserver, config.appservice.as_token.get_secret_value()
-        )
-        await self.synapse.start()
-
-        self.appservice = GatekeeperAppService(config, TransactionLog(self.db))
+        self.appservice = GatekeeperAppService(config, TransactionLog(core.db))
         await self.appservice.start(config.appservice.hostname, config.appservice.port)
         log.info(
             "Listening for Synapse on %s:%d", config.appservice.hostname, config.appservice.port
         )
-        gate = Gate(self.db, config.registration, BotState(self.db))
-        self.bot = AdminBot(
-            config, self.appservice.intent, BotState(self.db), registrations, decisions, gate
+        self.bot = bot = AdminBot(
+            config,
+            self.appservice.intent,
+            BotState(core.db),
+            registrations,
+            core.decisions,
+            core.gate,
         )
-        self.appservice.matrix_event_handler(self.bot.handle_event)
+        self.appservice.matrix_event_handler(bot.handle_event)
         await self._wait_for_homeserver()
         try:
-            await self.bot.start()
+            await bot.start()
         except MUnknownToken:
             raise StartupError(
                 "the homeserver does not know our as_token: add registration.yaml to Synapse's "
@@ -129,90 +298,61 @@ class Gatekeeper:
             ) from None
         await self._ping_from_homeserver()
 
-        hasher = PasswordHasher()
-        limiter = RateLimiter(self.db)
-        antibot = AntiBot(config.antibot, derived_key("altcha", config))
-        signups = SignUps(
-            config,
-            registrations,
-            self.synapse,
-            hasher,
-            box,
-            mail,
-            limiter,
-            gate,
-            antibot,
-            Captcha(config.antibot),
-        )
-        bot = self.bot
-
         async def room_note(text: str) -> None:
             if bot.room.room_id is not None:
                 await bot.send(bot.room.room_id, Reply(text))
 
-        gate.room_note = room_note
-        sessions = Sessions(self.db, config.web)
-        accounts = Accounts(
-            config,
-            registrations,
-            sessions,
-            hasher,
-            TotpStore(self.db, box, issuer=config.homeserver.domain),
-            limiter,
-            Lockout(
-                self.db,
-                config.security.lockout_failures,
-                config.security.lockout_first_wait_seconds,
-                config.security.lockout_max_wait_seconds,
-            ),
-            mail,
-            self.synapse,
-        )
-        cookies = Cookies(config)
-        csrf = Csrf(derived_key("csrf", config).encode())
-        account_api = AccountApi(accounts, registrations, sessions, cookies, csrf)
-        pages = Pages(config, catalogue, registrations, signups, accounts, sessions, cookies, csrf)
-        app = create_web_app(
-            WebApi(config, registrations, signups, decisions),
-            account_api,
-            pages,
-            security_middleware(cookies, csrf, sessions, registrations),
-        )
-        notices = NoticeBoard(config, self.appservice.intent, registrations, self.bot.room)
+        core.gate.room_note = room_note
+        notices = NoticeBoard(config, self.appservice.intent, registrations, bot.room)
         provisioner = Provisioner(
-            config, registrations, self.synapse, box, mail, self.bot.invite_newcomer
+            config, registrations, core.synapse, core.box, core.mail, bot.invite_newcomer
         )
         ttl_ms = int(config.registration.request_ttl_hours * 3_600_000)
-
         sweep_seconds = min(SWEEP_SECONDS, ttl_ms / 4000)
 
         async def expire() -> float:
             await registrations.expire_older_than(now_ms() - ttl_ms)
             return sweep_seconds
 
-        notice_worker = Worker("notices", notices.step)
-        provisioning_worker = Worker("provisioning", provisioner.step)
-
-        def on_change(_: RegistrationRequest) -> None:
-            # After the commit: a transition's mail (confirmation, welcome, rejection) is
-            # in the outbox now, and the notice or the queue may have work.
-            notice_worker.wake()
-            provisioning_worker.wake()
-            mailer.wake()
-
-        registrations.listeners.append(on_change)
-        self.workers = [notice_worker, provisioning_worker, Worker("expiry", expire, sweep_seconds)]
+        self._change_workers = [
+            Worker("notices", notices.step),
+            Worker("provisioning", provisioner.step),
+        ]
+        self.workers = [*self._change_workers, Worker("expiry", expire, sweep_seconds)]
         for worker in self.workers:
             worker.start()
-        await self.mailer.start()
-        # The web endpoint opens last: whatever it changes is heard by the workers.
-        self.web_runner = web.AppRunner(app, access_log=None)
-        await self.web_runner.setup()
-        await web.TCPSite(self.web_runner, config.web.hostname, config.web.port).start()
-        log.info("Web endpoint on %s:%d", config.web.hostname, config.web.port)
-
+        await core.mailer.start()
         self.appservice.ready = True
-        log.info("Gatekeeper is ready; admin room %s", self.bot.room.room_id)
+        log.info("Active: admin room %s", bot.room.room_id)
+
+    def _wake_workers(self) -> None:
+        for worker in self._change_workers:
+            worker.wake()
+        if self.core is not None:
+            self.core.mailer.wake_sender()
+
+    def _announce_changes(self, mail_only: bool = False) -> None:
+        """After a commit: the notice, the queue or the outbox may have work."""
+        leadership = self.started.leadership
+        if not leadership.active:
+            leadership.announce_changes()
+        elif mail_only:
+            self.started.mailer.wake_sender()
+        else:
+            self._wake_workers()
+
+    async def _stand_down(self) -> None:
+        """Stop what only the active process may do; the web endpoint goes on."""
+        for worker in self.workers:
+            await worker.stop()
+        self.workers = self._change_workers = []
+        if self.core is not None:
+            self.core.gate.room_note = None
+            await self.core.mailer.stop()
+        if self.appservice is not None:
+            await self.appservice.stop()
+            self.appservice = None
+        self.bot = None
 
     async def _start_database(self) -> Database:
         db = create_database(self.config.database)
@@ -257,22 +397,21 @@ class Gatekeeper:
             )
 
     async def stop(self) -> None:
-        for worker in self.workers:
-            await worker.stop()
-        self.workers = []
-        if self.mailer is not None:
-            await self.mailer.stop()
-            self.mailer = None
-        if self.web_runner is not None:
-            await self.web_runner.cleanup()
-            self.web_runner = None
-        if self.synapse is not None:
-            await self.synapse.close()
-            self.synapse = None
-        if self.appservice is not None:
-            await self.appservice.stop()
-            self.appservice = None
-        if self.db is not None:
-            await self.db.stop()
-            self.db = None
+        if self._standing_by is not None:
+            self._standing_by.cancel()
+            await asyncio.wait([self._standing_by])
+            self._standing_by = None
+        # The web first: nothing it starts may find the workers gone.
+        for runner in (self.web_runner, self.metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self.web_runner = self.metrics_runner = None
+        await self._stand_down()
+        core, self.core = self.core, None
+        if core is not None:
+            await core.monitoring.close()
+            await core.synapse.close()
+            # Closing its connection hands the active role to a waiting process.
+            await core.leadership.close()
+            await core.db.stop()
         log.info("Gatekeeper stopped")

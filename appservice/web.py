@@ -13,6 +13,7 @@ from aiohttp import web
 
 from appservice.config import Config
 from appservice.decisions import Decisions
+from appservice.monitoring import Monitoring
 from appservice.openapi import openapi_document
 from appservice.pages import Pages, security_headers
 from appservice.ratelimit import RateLimited
@@ -283,11 +284,12 @@ def admin_token_middleware(config: Config) -> Any:
 
 
 def create_web_app(
-    api: WebApi, account_api: AccountApi, pages: Pages, security: Any
+    api: WebApi, account_api: AccountApi, pages: Pages, security: Any, monitoring: Monitoring
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
+            monitoring.measure,
             errors_as_json,
             admin_token_middleware(api.config),
             pages.errors_as_pages,
@@ -307,6 +309,8 @@ def create_web_app(
     app.router.add_post("/api/admin/registrations/{id}/approve", api.admin_approve)
     app.router.add_post("/api/admin/registrations/{id}/reject", api.admin_reject)
     app.router.add_get("/api/antibot/challenge", api.antibot_challenge)
+    # For load balancers and container health checks; the metrics listener has it too.
+    app.router.add_get("/health", monitoring.health)
     document = openapi_document(app, f"Gatekeeper for {api.config.homeserver.domain}")
 
     async def openapi(_: web.Request) -> web.Response:

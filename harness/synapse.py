@@ -63,6 +63,8 @@ def write_config(settings: SynapseSettings) -> str:
                 }
             },
             "root": {"level": "WARNING", "handlers": ["file"]},
+            # How events reach the appservice (retries, back-off) is what tests need to read.
+            "loggers": {"synapse.appservice": {"level": "INFO"}},
             "disable_existing_loggers": False,
         },
         log_config,
