@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
 
-from mautrix.util.async_db import Database, Scheme
+from mautrix.util.async_db import Database, PostgresDatabase, Scheme
 
 from appservice.config import DatabaseConfig
 from appservice.timeutil import now_ms
@@ -17,6 +18,7 @@ log = logging.getLogger("gatekeeper.database")
 MIGRATION_FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(sqlite|postgres))?\.sql$")
 # Any fixed number: it only has to be the same in every Gatekeeper process.
 MIGRATION_LOCK_ID = 0x6761746B
+POOL_CLOSE_SECONDS = 10.0
 
 
 class DatabaseError(Exception):
@@ -76,6 +78,19 @@ def create_database(config: DatabaseConfig) -> Database:
     return Database.create(
         config.url, db_args=db_args, log=logging.getLogger("gatekeeper.database.sql")
     )
+
+
+async def stop_database(db: Database) -> None:
+    """Close the pool; after PostgreSQL restarted under load asyncpg may wait forever on a
+    connection that died mid-query, so a close that takes too long is forced."""
+    try:
+        await asyncio.wait_for(db.stop(), POOL_CLOSE_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "The database pool did not close in %g s; closing it by force", POOL_CLOSE_SECONDS
+        )
+        if isinstance(db, PostgresDatabase):
+            db.pool.terminate()
 
 
 async def upgrade(db: Database, package: str = "migrations") -> list[int]:

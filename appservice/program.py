@@ -18,7 +18,7 @@ from appservice.applicant_mail import ApplicantMail
 from appservice.captcha import Captcha
 from appservice.config import Config
 from appservice.crypto import SecretBox
-from appservice.database import create_database, upgrade
+from appservice.database import create_database, stop_database, upgrade
 from appservice.decisions import Decisions
 from appservice.gate import Gate
 from appservice.i18n import Catalogue
@@ -281,8 +281,8 @@ class Gatekeeper:
             core.gate,
         )
         self.appservice.matrix_event_handler(bot.handle_event)
-        await self._wait_for_homeserver()
         try:
+            await self._wait_for_homeserver()
             await bot.start()
         except MUnknownToken:
             raise StartupError(
@@ -413,5 +413,5 @@ class Gatekeeper:
             await core.synapse.close()
             # Closing its connection hands the active role to a waiting process.
             await core.leadership.close()
-            await core.db.stop()
+            await stop_database(core.db)
         log.info("Gatekeeper stopped")

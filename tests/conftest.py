@@ -192,6 +192,14 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hom
         await server.stop()
 
 
+@pytest.fixture
+async def synapse_restarts(synapse: Homeserver) -> AsyncIterator[Homeserver]:
+    """The session's Synapse, which the test may stop; it is running again afterwards."""
+    yield synapse
+    if synapse.server.process is None:
+        await synapse.server.start()
+
+
 async def matrix_user(synapse: Homeserver, localpart: str) -> MatrixUser:
     """A registered, logged-in user, shared by the session's tests."""
     if localpart not in synapse.users:

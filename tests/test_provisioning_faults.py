@@ -5,11 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import (
@@ -34,14 +32,6 @@ from tests.flows import (
 )
 
 NO_CONFIRMATION = {"require_email_confirmation": False}
-
-
-@pytest.fixture
-async def synapse_restarts(synapse: Homeserver) -> AsyncIterator[Homeserver]:
-    """The session's Synapse, which the test may stop; it is running again afterwards."""
-    yield synapse
-    if synapse.server.process is None:
-        await synapse.server.start()
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_API_TOKEN}"}
