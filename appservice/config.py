@@ -7,6 +7,7 @@ documents every key (a test keeps the two in step).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -162,6 +163,7 @@ class WebConfig(Section):
     accent_colour: str = "#0b6e69"
     support_contact: str | None = None
     terms_url: str | None = None
+    trusted_proxies: list[str] = []
 
     _port = field_validator("port")(_check_port)
 
@@ -176,6 +178,16 @@ class WebConfig(Section):
     @classmethod
     def _optional_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
 
     @field_validator("public_base_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -283,12 +284,37 @@ def admin_token_middleware(config: Config) -> Any:
     return check_admin_token
 
 
+def forwarded_for(trusted_proxies: list[str]) -> Any:
+    """Behind trusted proxies, the client is the last X-Forwarded-For hop they did not add."""
+    networks = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    @web.middleware
+    async def real_client(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("X-Forwarded-For")
+        if header and request.remote and trusted(request.remote):
+            hops = [hop.strip() for hop in header.split(",") if hop.strip()]
+            client = next((hop for hop in reversed(hops) if not trusted(hop)), None)
+            if client is not None:
+                request = request.clone(remote=client)
+        return await handler(request)
+
+    return real_client
+
+
 def create_web_app(
     api: WebApi, account_api: AccountApi, pages: Pages, security: Any, monitoring: Monitoring
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
+            forwarded_for(api.config.web.trusted_proxies),
             monitoring.measure,
             errors_as_json,
             admin_token_middleware(api.config),

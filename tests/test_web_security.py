@@ -321,3 +321,37 @@ async def test_openapi_document_lists_every_endpoint(gatekeeper: Gatekeeper) -> 
             assert operation["summary"], (method, path)
             if method == "post":
                 assert "requestBody" in operation, path
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_sign_up_limits_see_the_client_behind_a_trusted_proxy(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
+    async def sign_up_from(gatekeeper: Gatekeeper, forwarded: str) -> int:
+        applicant = new_applicant("via")
+        body = {
+            "userName": applicant.localpart,
+            "email": applicant.email,
+            "password": applicant.password,
+        }
+        async with WebClient(gatekeeper) as client:
+            status, _ = await client.request(
+                "POST", "/api/auth/sign-up", body, {"X-Forwarded-For": forwarded}
+            )
+        return status
+
+    one_an_hour = {"signups_per_hour": 1}
+    behind_proxy = await start_gatekeeper(
+        registration=NO_CONFIRMATION,
+        security=one_an_hour,
+        web={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+    # The proxy appends the address it saw; whatever the client claimed before it is ignored.
+    assert await sign_up_from(behind_proxy, "203.0.113.7") == 201
+    assert await sign_up_from(behind_proxy, "203.0.113.7, 198.51.100.2") == 201
+    assert await sign_up_from(behind_proxy, "198.51.100.2, 203.0.113.7") == 429
+    await behind_proxy.stop()
+
+    untrusting = await start_gatekeeper(registration=NO_CONFIRMATION, security=one_an_hour)
+    assert await sign_up_from(untrusting, "192.0.2.1") == 201
+    assert await sign_up_from(untrusting, "192.0.2.2") == 429
