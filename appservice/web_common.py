@@ -30,6 +30,29 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def storable(text: str) -> bool:
+    """Whether `text` can be kept and compared: PostgreSQL refuses NUL characters, and
+    unpaired surrogates (JSON allows "\\ud800"; aiohttp decodes stray bytes to them) are
+    not UTF-8, so neither database nor hash takes them."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _all_storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return all(_all_storable(item) for item in value)
+    if isinstance(value, dict):
+        return all(_all_storable(item) for item in value.values())
+    return True
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -41,6 +64,13 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "GK_NOT_JSON", "The body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "GK_NOT_JSON", "The body must be a JSON object.")
+    refused = {
+        field: "must be text without NUL characters or broken Unicode"
+        for field, value in body.items()
+        if not _all_storable(value)
+    }
+    if refused:
+        raise FieldErrors(refused)
     return body
 
 

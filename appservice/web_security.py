@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from appservice.accounts import LoginResult
 from appservice.config import Config
 from appservice.registrations import RegistrationRequest, Registrations
 from appservice.sessions import Session, Sessions
-from appservice.web_common import ApiError
+from appservice.web_common import ApiError, storable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +55,9 @@ class Cookies:
         return self.prefix + base
 
     def get(self, request: web.Request, base: str) -> str | None:
-        return request.cookies.get(self.name(base)) or None
+        """The cookie's value; one that is not clean text is none we set."""
+        value = request.cookies.get(self.name(base))
+        return value if value and storable(value) else None
 
     def set(
         self, response: web.StreamResponse, base: str, value: str, max_age: int | None = None
@@ -107,12 +110,36 @@ class Csrf:
 async def submitted_csrf_token(request: web.Request) -> str:
     header = request.headers.get(CSRF_HEADER)
     if header is not None:
-        return header
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
-        value = form.get(CSRF_FIELD)
-        return value if isinstance(value, str) else ""
+        return header if storable(header) else ""
+    if is_form(request):
+        value = (await form_fields(request)).get(CSRF_FIELD)
+        return value if isinstance(value, str) and storable(value) else ""
     return ""
+
+
+def is_form(request: web.Request) -> bool:
+    return request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def form_fields(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    try:
+        return await request.post()
+    except ValueError:  # no or a wrong multipart boundary, text not in its charset
+        raise ApiError(400, "GK_NOT_FORM", "The body is not a readable form.") from None
+
+
+async def refuse_unstorable_text(request: web.Request) -> None:
+    """Text no handler could keep or look up (see `storable`) is refused before any is
+    given it: the address's path and query, and a form's fields (JSON: `json_body`)."""
+    texts = [request.path, *request.query.values()]
+    if request.method not in SAFE_METHODS and is_form(request):
+        texts += [
+            value for value in (await form_fields(request)).values() if isinstance(value, str)
+        ]
+    if not all(storable(text) for text in texts):
+        raise ApiError(400, "GK_BAD_TEXT", "The request holds a NUL character or broken Unicode.")
 
 
 def security_middleware(
@@ -120,6 +147,7 @@ def security_middleware(
 ) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await refuse_unstorable_text(request)
         login_token = cookies.get(request, LOGIN_TOKEN)
         session = await sessions.find(login_token) if login_token else None
         if session is not None:

@@ -132,4 +132,24 @@ async def test_fuzzing_without_a_session_finds_nothing(
         {"baseUrl": web_url(gatekeeper), "cookies": {"CSRF-Token": body["csrfToken"]}},
         tmp_path,
     )
-    assert {a["status"] for a in answers if a["path"].startswith("/api/user/settings/")} == {401}
+    # Nothing under settings answers without a session (bad input may be refused first).
+    settings = {a["status"] for a in answers if a["path"].startswith("/api/user/settings/")}
+    assert 401 in settings
+    assert all(400 <= status < 500 for status in settings)
+
+
+# Found by probing beyond the fuzzer's alphabet: PostgreSQL refuses NUL, and unpaired
+# surrogates are not UTF-8; each used to be a 500.
+UNSTORABLE = ["a\x00b@example.org", "a\ud800b@example.org"]
+
+
+@pytest.mark.parametrize("text", UNSTORABLE)
+async def test_unstorable_text_is_refused_not_a_crash(gatekeeper: Gatekeeper, text: str) -> None:
+    async with WebClient(gatekeeper) as client:
+        login = await client.post("/api/auth/login", {"email": text, "password": "x"})
+        assert login[0] == 422
+        assert login[1]["fields"] == {
+            "email": "must be text without NUL characters or broken Unicode"
+        }
+        status, body = await client.get("/api/registration/status?token=%00")
+        assert (status, body["errcode"]) == (400, "GK_BAD_TEXT")
