@@ -23,14 +23,16 @@ RESTART_DELAY_SECONDS = 2.0
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option given before the subcommand must not be reset by the
+    # subcommand's default; _parse() fills in the defaults once.
     common.add_argument(
-        "-c", "--config", type=Path, default=Path("config.yaml"), help="the config file"
+        "-c", "--config", type=Path, default=argparse.SUPPRESS, help="the config file"
     )
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=argparse.SUPPRESS,
         metavar="N",
         help="run N processes sharing the web port (PostgreSQL only); one of them is active",
     )
@@ -120,8 +122,15 @@ async def _supervise(config_file: Path, config: Config, workers: int) -> int:
     return max(codes, default=0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = _parser().parse_args(argv)
+    args.config = getattr(args, "config", Path("config.yaml"))
+    args.workers = getattr(args, "workers", 1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     try:
         if args.command == "generate-registration":
             generate_registration(args.config, args.output)

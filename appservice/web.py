@@ -209,10 +209,14 @@ class WebApi:
         """`GET /api/admin/registrations?state=pending&limit=50&offset=0` → `{"registrations"}`"""
         try:
             state = State(request.query.get("state", "pending"))
-            limit = min(int(request.query.get("limit", "50")), 500)
+            limit = int(request.query.get("limit", "50"))
             offset = int(request.query.get("offset", "0"))
+            # The databases take 64-bit counts only: a bigger one is a bad query, not a crash.
+            if limit < 0 or not 0 <= offset < 2**63:
+                raise ValueError
         except ValueError:
             raise ApiError(400, "GK_BAD_QUERY", "state, limit or offset is not valid") from None
+        limit = min(limit, 500)
         found = await self.registrations.in_state(state, limit, offset)
         return web.json_response({"registrations": [self._admin_json(r) for r in found]})
 
@@ -276,7 +280,8 @@ def admin_token_middleware(config: Config) -> Any:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             raise ApiError(401, "GK_UNAUTHORIZED", "Missing bearer token.")
-        given = header.removeprefix("Bearer ").encode()
+        # A header may carry any byte; surrogateescape keeps a stray one comparable.
+        given = header.removeprefix("Bearer ").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, token.get_secret_value().encode()):
             raise ApiError(403, "GK_FORBIDDEN", "Wrong bearer token.")
         return await handler(request)

@@ -256,3 +256,52 @@ def test_several_workers_need_postgresql(tmp_path: Path, synapse: Homeserver) ->
     )
     assert result.returncode == 10
     assert "database.url: several workers need PostgreSQL" in result.stderr
+
+
+@postgres_only
+async def test_workers_option_runs_one_active_and_restarts_a_dead_one(
+    synapse: Homeserver, smtp: MailCatcher, db_url: str, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    gatekeeper_config(
+        synapse, db_url, tmp_path, smtp.port, metrics={"enabled": True, "port": metrics_port}
+    )
+    # -c before the subcommand and --workers after it: both must count.
+    config_file = str(tmp_path / "config.yaml")
+    command = [sys.executable, "-m", "appservice", "-c", config_file, "run", "--workers", "2"]
+    with (tmp_path / "workers.log").open("ab") as output:
+        supervisor = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+
+        async def roles() -> list[str | None]:
+            answers = [
+                await get_json(f"http://127.0.0.1:{metrics_port + index}/health")
+                for index in range(2)
+            ]
+            return sorted(body["role"] for status, body in answers if status == 200)
+
+        async def one_active_one_standby() -> bool:
+            return await roles() == ["active", "standby"]
+
+        await wait_until(one_active_one_standby, timeout=60)
+        _, active = await get_json(f"http://127.0.0.1:{metrics_port}/health")
+        active_port = metrics_port if active["role"] == "active" else metrics_port + 1
+        killed = [
+            pid
+            for pid in map(
+                int, subprocess.check_output(["pgrep", "-P", str(supervisor.pid)]).split()
+            )
+            if f"GATEKEEPER_METRICS__PORT={active_port}".encode()
+            in Path(f"/proc/{pid}/environ").read_bytes()
+        ]
+        assert len(killed) == 1
+        os.kill(killed[0], signal.SIGKILL)
+        # The standby takes over and the supervisor starts the dead one again, as standby.
+        await wait_until(one_active_one_standby, timeout=60)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
