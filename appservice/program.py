@@ -264,9 +264,6 @@ class Gatekeeper:
         config = self.config
         core = self.started
         registrations = core.registrations
-        resumed = await registrations.resume_interrupted()
-        if resumed:
-            log.info("Resumed %d interrupted account creations", resumed)
         self.appservice = GatekeeperAppService(config, TransactionLog(core.db))
         await self.appservice.start(config.appservice.hostname, config.appservice.port)
         log.info(

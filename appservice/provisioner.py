@@ -43,6 +43,11 @@ class Provisioner:
 
     async def step(self) -> float | None:
         """Provision every due request; return seconds until the next retry is due."""
+        # Rounds run one at a time in the active process: any request still marked as
+        # being provisioned now is one whose round died before its outcome was written.
+        resumed = await self.registrations.resume_interrupted()
+        if resumed:
+            log.info("Resumed %d interrupted account creations", resumed)
         while (request := await self.registrations.claim_for_provisioning()) is not None:
             await self.provision(request)
         due = await self.registrations.next_provisioning_due()

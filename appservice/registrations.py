@@ -631,7 +631,8 @@ class Registrations:
         )
 
     async def resume_interrupted(self) -> int:
-        """Put requests a crashed process was provisioning back in the queue."""
+        """Put requests whose provisioning round died (process crash, database failure
+        before the outcome was written) back in the queue."""
         rows = await self.db.fetch(
             "SELECT id FROM registration_request"
             " WHERE status='approved' AND matrix_status='processing'"
@@ -641,7 +642,7 @@ class Registrations:
                 row["id"],
                 Transition.RETRY_PROVISIONING,
                 "gatekeeper",
-                "interrupted; resumed after restart",
+                "interrupted; resumed",
                 {"next_attempt_at": now_ms()},
             )
         return len(rows)

@@ -89,6 +89,29 @@ async def test_synapse_down_during_approval(
     assert len(smtp.to(ivy.email)) == 1
 
 
+async def test_a_round_that_died_mid_way_is_resumed_without_a_restart(
+    start_gatekeeper: StartGatekeeper, synapse: Homeserver
+) -> None:
+    """E.g. the database failed before the round wrote its outcome: the request must not
+    stay "being created" until the next restart."""
+    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
+    uma = new_applicant("uma")
+    await sign_up(gatekeeper, uma)
+    request_id = await request_id_of(gatekeeper, uma)
+    # What such a round leaves behind: approved, marked as being created, nobody at it.
+    await gatekeeper.db.execute(
+        "UPDATE registration_request SET status = 'approved', matrix_status = 'processing'"
+        " WHERE id = $1",
+        request_id,
+    )
+    await sign_up(gatekeeper, new_applicant("wake"))  # any change wakes the provisioner
+
+    await wait_for_state(gatekeeper, request_id, "active")
+    assert await can_log_in(synapse.url, uma)
+    reasons = [e.reason for e in await gatekeeper.registrations.history(request_id)]
+    assert reasons.count("interrupted; resumed") == 1
+
+
 async def test_gives_up_after_the_configured_attempts_and_tells_the_room(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, smtp: MailCatcher
 ) -> None:
