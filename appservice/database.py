@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+import asyncpg
 from mautrix.util.async_db import Database, PostgresDatabase, Scheme
 
 from appservice.config import DatabaseConfig
@@ -19,6 +20,15 @@ MIGRATION_FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(sqlite|postgres))?\
 # Any fixed number: it only has to be the same in every Gatekeeper process.
 MIGRATION_LOCK_ID = 0x6761746B
 POOL_CLOSE_SECONDS = 10.0
+# PostgreSQL is restarting or out of reach: worth a "try again", not a crash report.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.InterfaceError,
+    # A connection that broke mid-query: "cannot switch to state …".
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 class DatabaseError(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from appservice.config import Config
+from appservice.database import DATABASE_UNAVAILABLE
 from appservice.decisions import Decisions
 from appservice.monitoring import Monitoring
 from appservice.openapi import openapi_document
@@ -38,6 +39,9 @@ from appservice.web_account import AccountApi
 from appservice.web_common import MAX_BODY_BYTES, ApiError, json_body, text_field
 
 log = logging.getLogger("gatekeeper.web")
+
+# What a client is told to wait while PostgreSQL restarts (it usually takes seconds).
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -83,6 +87,13 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         return web.json_response(
             error_body(f"GK_HTTP_{error.status}", error.reason), status=error.status
+        )
+    except DATABASE_UNAVAILABLE as error:
+        log.warning("The database is unavailable on %s %s: %s", request.method, request.path, error)
+        return web.json_response(
+            error_body("GK_UNAVAILABLE", "Briefly unavailable; try again in a moment."),
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
     except Exception:
         reference = secrets.token_hex(4)

@@ -513,6 +513,8 @@ async def drill_postgres_restart(
 
     # A refused attempt left nothing behind: its repetition was not "name taken" (409).
     assert all(409 not in seen for seen in failures), failures
+    # While the database was away, clients were told to try again (503), never a crash.
+    assert all(set(seen) <= {0, 503} for seen in failures), failures
     for applicant in approved:
         await account_created_once(
             url, request_ids[applicant], applicant, synapse, alice, notices[applicant]
