@@ -13,6 +13,11 @@ from mautrix.types import RoomID, UserID
 Event = dict[str, Any]
 
 
+# Synapse retries an appservice it could not reach with back-off (2, 4, 8 s …): a test
+# that just restarted Gatekeeper may wait that long for the bot's answer.
+EVENT_WAIT_SECONDS = 45.0
+
+
 class MatrixUser:
     """Logged-in user with a /sync cursor, so each wait sees only what arrived since."""
 
@@ -42,7 +47,9 @@ class MatrixUser:
             for event in room.get("timeline", {}).get("events", []):
                 self.timeline.append({**event, "room_id": room_id})
 
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 20.0) -> Event:
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], timeout: float = EVENT_WAIT_SECONDS
+    ) -> Event:
         """The first event, old or new, matching `predicate`; consumed so it is not seen twice."""
         deadline = time.monotonic() + timeout
         while True:
@@ -54,7 +61,7 @@ class MatrixUser:
                 raise TimeoutError(f"no matching event for {self.user_id} in {timeout} s")
             await self.sync_once()
 
-    async def wait_for_invite(self, room_id: RoomID, timeout: float = 20.0) -> None:
+    async def wait_for_invite(self, room_id: RoomID, timeout: float = EVENT_WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while room_id not in self.invites:
             if time.monotonic() > deadline:
@@ -65,7 +72,9 @@ class MatrixUser:
     async def say(self, room_id: RoomID, text: str) -> str:
         return str(await self.api.send_text(room_id, text))
 
-    async def reply_to(self, room_id: RoomID, text: str, sender: str, timeout: float = 20.0) -> str:
+    async def reply_to(
+        self, room_id: RoomID, text: str, sender: str, timeout: float = EVENT_WAIT_SECONDS
+    ) -> str:
         """Send `text` and return the body of `sender`'s reply to it."""
         event_id = await self.say(room_id, text)
 
@@ -79,7 +88,7 @@ class MatrixUser:
         return str((await self.wait_for(is_reply, timeout))["content"]["body"])
 
 
-async def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+async def wait_until(check: Callable[[], Any], timeout: float = EVENT_WAIT_SECONDS) -> Any:
     """Poll an async `check` until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
