@@ -25,8 +25,8 @@ APPROVE_KEYS = ("✅", "✔️", "✔", "👍")
 REJECT_KEYS = ("❌", "✖️", "✖", "👎")
 # Notices sent at once: Synapse persists concurrent events of a room in one batch, so a
 # burst of sign-ups is posted several times faster than one send after another, at the
-# price of notices within one group reaching the room in any order.
-PARALLEL_SENDS = 8
+# price of notices sent together reaching the room in any order.
+PARALLEL_SENDS = 16
 
 OUTCOME = {
     State.APPROVED: "✅ Approved by {decided_by}; creating the account…",
@@ -108,10 +108,20 @@ class NoticeBoard:
         """Bring every notice up to date with its request."""
         if self.room.room_id is None:
             return None
+        sending = asyncio.Semaphore(PARALLEL_SENDS)
+
+        async def show_when_free(request: RegistrationRequest) -> None:
+            async with sending:
+                await self.show(request)
+
         while behind := await self.registrations.notices_behind():
-            for start in range(0, len(behind), PARALLEL_SENDS):
-                group = behind[start : start + PARALLEL_SENDS]
-                await asyncio.gather(*(self.show(request) for request in group))
+            # Every send ends before the step does, so a failed one is not posted twice.
+            results = await asyncio.gather(
+                *(show_when_free(request) for request in behind), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         return None
 
     async def show(self, request: RegistrationRequest) -> None:
