@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "scenarios",
         nargs="*",
+        # argparse checks an empty nargs="*" default against the choices too.
         choices=[[], *SCENARIOS],
         metavar="SCENARIO",
         help=f"any of {', '.join(SCENARIOS)} (default: all)",
