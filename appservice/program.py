@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -109,6 +111,9 @@ class Gatekeeper:
         # The workers with something to do after a request changes (not the expiry sweep).
         self._change_workers: list[Worker] = []
         self._standing_by: asyncio.Task[None] | None = None
+        self._hashing = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="argon2"
+        )
 
     @property
     def started(self) -> Core:
@@ -172,7 +177,8 @@ class Gatekeeper:
 
     def _web_app(self, core: Core) -> web.Application:
         config = self.config
-        hasher = PasswordHasher()
+        # One hash per core at a time: more threads only hold more 19 MiB buffers at once.
+        hasher = PasswordHasher(self._hashing)
         limiter = RateLimiter(core.db)
         signups = SignUps(
             config,
@@ -205,7 +211,7 @@ class Gatekeeper:
         )
         cookies = Cookies(config)
         csrf = Csrf(derived_key("csrf", config).encode())
-        account_api = AccountApi(accounts, core.registrations, sessions, cookies, csrf)
+        account_api = AccountApi(accounts, sessions, cookies, csrf)
         pages = Pages(
             config,
             core.mail.catalogue,
@@ -220,7 +226,7 @@ class Gatekeeper:
             WebApi(config, core.registrations, signups, core.decisions),
             account_api,
             pages,
-            security_middleware(cookies, csrf, sessions, core.registrations),
+            security_middleware(cookies, csrf, sessions),
             core.monitoring,
         )
 
@@ -411,4 +417,5 @@ class Gatekeeper:
             # Closing its connection hands the active role to a waiting process.
             await core.leadership.close()
             await stop_database(core.db)
+        self._hashing.shutdown(wait=False, cancel_futures=True)
         log.info("Gatekeeper stopped")

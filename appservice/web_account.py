@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from appservice.accounts import Accounts, LoginStatus
-from appservice.registrations import Registrations, State
+from appservice.registrations import State
 from appservice.sessions import Session, Sessions
 from appservice.web_common import ApiError, flag_field, json_body, text_field
 from appservice.web_security import (
@@ -31,13 +31,11 @@ class AccountApi:
     def __init__(
         self,
         accounts: Accounts,
-        registrations: Registrations,
         sessions: Sessions,
         cookies: Cookies,
         csrf: Csrf,
     ) -> None:
         self.accounts = accounts
-        self.registrations = registrations
         self.sessions = sessions
         self.cookies = cookies
         self.csrf = csrf

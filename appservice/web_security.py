@@ -19,7 +19,7 @@ from multidict import MultiDictProxy
 
 from appservice.accounts import LoginResult
 from appservice.config import Config
-from appservice.registrations import RegistrationRequest, Registrations
+from appservice.registrations import RegistrationRequest
 from appservice.sessions import Session, Sessions
 from appservice.web_common import ApiError, storable
 
@@ -142,9 +142,7 @@ async def refuse_unstorable_text(request: web.Request) -> None:
         raise ApiError(400, "GK_BAD_TEXT", "The request holds a NUL character or broken Unicode.")
 
 
-def security_middleware(
-    cookies: Cookies, csrf: Csrf, sessions: Sessions, registrations: Registrations
-) -> Any:
+def security_middleware(cookies: Cookies, csrf: Csrf, sessions: Sessions) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         await refuse_unstorable_text(request)
@@ -166,7 +164,8 @@ def security_middleware(
         if path.startswith("/api/user/") and path not in OPEN_USER_PATHS:
             if session is None:
                 raise ApiError(401, "GK_NOT_LOGGED_IN", "Log in first.")
-            account = await registrations.get(session.request_id)
+            # Read with the session, in the same query.
+            account = session.account
             if account is None:
                 raise ApiError(401, "GK_NOT_LOGGED_IN", "Log in first.")
             request[ACCOUNT_KEY] = account
