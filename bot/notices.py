@@ -125,14 +125,23 @@ class NoticeBoard:
         return None
 
     async def show(self, request: RegistrationRequest) -> None:
+        """Post or edit the request's notice. Each message has a transaction ID of its own,
+        so if recording it fails after the send, sending it again gives back the same event
+        (Synapse answers a repeated transaction ID with the first event) and the room does
+        not see it twice."""
         assert self.room.room_id is not None
+        room_id = self.room.room_id
         content = content_of(describe(request, self.config, self.room.config.command_prefix))
         if request.notice_event_id is None:
-            event_id = await self.intent.send_message(self.room.room_id, content)
+            event_id = await self.intent.send_message(
+                room_id, content, txn_id=f"gk-notice-{request.id}"
+            )
         else:
             event_id = EventID(request.notice_event_id)
             content.set_edit(event_id)
-            await self.intent.send_message(self.room.room_id, content)
+            await self.intent.send_message(
+                room_id, content, txn_id=f"gk-edit-{request.id}-{request.state.value}"
+            )
             if request.state is State.FAILED:
                 alert = content_of(
                     Reply(
@@ -142,5 +151,5 @@ class NoticeBoard:
                     )
                 )
                 alert.set_reply(event_id)
-                await self.intent.send_message(self.room.room_id, alert)
+                await self.intent.send_message(room_id, alert, txn_id=f"gk-alert-{request.id}")
         await self.registrations.record_notice(request.id, event_id, request.state)

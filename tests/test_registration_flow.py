@@ -223,3 +223,29 @@ async def test_mail_waits_for_smtp(start_gatekeeper: StartGatekeeper, smtp: Mail
     assert link_token(mail, "confirm-email")
     await asyncio.sleep(1.5)  # past the longest retry: a second delivery would be here now
     assert len(smtp.to(hal.email)) == 1
+
+
+async def test_a_notice_sent_but_not_recorded_is_not_posted_twice(
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser
+) -> None:
+    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
+    room_id = await admin_room(gatekeeper, alice)
+    ann = new_applicant("ann")
+    await sign_up(gatekeeper, ann)
+    notice = await alice.wait_for(is_notice_for(room_id, ann))
+    request_id = await request_id_of(gatekeeper, ann)
+    # As if recording the notice had failed after Synapse took it: it is sent again.
+    await gatekeeper.db.execute(
+        "UPDATE registration_request SET notice_event_id = NULL, notice_state = NULL WHERE id = $1",
+        request_id,
+    )
+    bob = new_applicant("bob")
+    await sign_up(gatekeeper, bob)  # wakes the notice worker
+    await alice.wait_for(is_notice_for(room_id, bob))
+    await alice.reply_to(room_id, "!help", BOT)  # everything sent before has arrived
+
+    assert not [event for event in alice.timeline if is_notice_for(room_id, ann)(event)]
+    recorded = await gatekeeper.db.fetchval(
+        "SELECT notice_event_id FROM registration_request WHERE id = $1", request_id
+    )
+    assert recorded == notice["event_id"]
