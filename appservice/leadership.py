@@ -65,6 +65,7 @@ class PostgresLeadership(Leadership):
         self._conn: asyncpg.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._announcements: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
 
     async def try_acquire(self) -> bool:
         if self.active:
@@ -78,6 +79,7 @@ class PostgresLeadership(Leadership):
             return False
         if got:
             self.lost.clear()
+            self._closing.clear()
             self.active = True
             await conn.add_listener(CHANGES_CHANNEL, self._heard)
             self._heartbeat = asyncio.create_task(self._watch(conn), name="leadership-heartbeat")
@@ -94,6 +96,7 @@ class PostgresLeadership(Leadership):
         task.add_done_callback(self._announcements.discard)
 
     async def close(self) -> None:
+        self._closing.set()
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
             heartbeat.cancel()
@@ -119,8 +122,13 @@ class PostgresLeadership(Leadership):
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Notice a dead connection even when no query runs: the lock went with it."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+        # The closing flag, not only the cancel, ends the loop: Python 3.11's wait_for can
+        # lose a cancel that lands as it times out.
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), HEARTBEAT_SECONDS)
+            if self._closing.is_set():
+                return
             try:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), HEARTBEAT_SECONDS)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

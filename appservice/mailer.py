@@ -49,6 +49,7 @@ class Mailer:
         self._wake = asyncio.Event()
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         # make_msgid() would otherwise ask DNS for our host name, blocking the loop.
         sender_domain = parseaddr(config.from_address)[1].rpartition("@")[2]
         self._msgid_domain = sender_domain or "gatekeeper.invalid"
@@ -193,17 +194,22 @@ class Mailer:
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="gatekeeper-mailer")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
+            # A cancel that lands just as the idle wait times out can be lost (asyncio's
+            # timeout in Python 3.11): the flag and the wake end the loop all the same.
+            self._stopping = True
+            self._wake.set()
             task.cancel()
             # wait() neither raises the task's CancelledError nor swallows our own.
             await asyncio.wait([task])
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Cleared before looking, so a mail enqueued meanwhile wakes the next round.
             self._wake.clear()
             try:

@@ -20,22 +20,27 @@ class Worker:
         self.idle_seconds = idle_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
+            # A cancel that lands just as the idle wait times out can be lost (asyncio's
+            # wait_for in Python 3.11): the flag and the wake end the loop all the same.
+            self._stopping = True
+            self._wake.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 due = await self.step()

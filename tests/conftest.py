@@ -282,7 +282,18 @@ async def start_gatekeeper(
         yield start
     finally:
         for gatekeeper in running:
-            await gatekeeper.stop()
+            await stop_or_explain(gatekeeper)
+
+
+async def stop_or_explain(gatekeeper: Gatekeeper) -> None:
+    """Stop; if that takes long, print what every task is waiting for (a hang's cause)."""
+    stopping = asyncio.create_task(gatekeeper.stop())
+    done, _ = await asyncio.wait([stopping], timeout=30)
+    if not done:
+        print("Gatekeeper.stop() is still running after 30 s; the tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=30, file=sys.stderr)
+    await stopping
 
 
 # --- a real browser ---------------------------------------------------------------------
