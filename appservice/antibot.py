@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import altcha
 from altcha.v1 import AlgoType
+from mautrix.util.async_db import Database
 
 from appservice.config import AntibotConfig
 
@@ -27,7 +27,6 @@ WIDGET_VERSION: Final = "2.3.0"
 HONEYPOT_FIELD: Final = "website"
 PAYLOAD_FIELD: Final = "altcha"
 CHALLENGE_TTL: Final = timedelta(minutes=20)
-REPLAY_CAPACITY: Final = 10_000
 
 ALGORITHM: Final[AlgoType] = "SHA-256"
 # A genuine payload is about 350 characters; anything far larger is not worth decoding.
@@ -35,14 +34,13 @@ MAX_PAYLOAD_CHARS: Final = 2048
 
 
 class AntiBot:
-    def __init__(self, config: AntibotConfig, hmac_key: str) -> None:
+    def __init__(self, config: AntibotConfig, hmac_key: str, db: Database) -> None:
         if config.proof_of_work and not hmac_key:
             raise ValueError("the proof of work needs an HMAC key")
         self.config = config
         self._hmac_key = hmac_key
-        # Signatures of accepted solutions -> when their challenge expires (Unix seconds),
-        # oldest first, so that each solution is good for one sign-up only.
-        self._used: OrderedDict[str, float] = OrderedDict()
+        # Solutions already used, shared by every worker process (migration 007).
+        self._db = db
 
     def challenge(self) -> dict[str, Any]:
         """A fresh challenge for the widget, refused by verify() once CHALLENGE_TTL is over."""
@@ -54,42 +52,37 @@ class AntiBot:
         )
         return issued.to_dict()
 
-    def verify(self, body: Mapping[str, Any]) -> bool:
+    async def verify(self, body: Mapping[str, Any]) -> bool:
         """Whether a sign-up body passes the enabled checks; malformed input fails them."""
         if self.config.honeypot and body.get(HONEYPOT_FIELD) not in (None, ""):
             return False
         if self.config.proof_of_work:
-            return self._verify_solution(body.get(PAYLOAD_FIELD))
+            return await self._verify_solution(body.get(PAYLOAD_FIELD))
         return True
 
-    def _verify_solution(self, encoded: object) -> bool:
+    async def _verify_solution(self, encoded: object) -> bool:
         payload = _decode(encoded)
         if payload is None:
             return False
         _, expires, _ = payload.parse_salt()
         now = time.time()
         # Only challenges like ours, whose expiry is at most the TTL away (a minute of slack
-        # for the clock), so no solution outlives its entry in the replay set.
+        # for the clock), so no solution outlives its row in the table of used ones.
         if expires is None or not now < expires <= now + CHALLENGE_TTL.total_seconds() + 60:
             return False
         verified, _ = altcha.verify_solution_v1(payload, self._hmac_key, check_expires=True)
-        if not verified:
-            return False
-        self._forget_expired(now)
-        if payload.signature in self._used:
-            return False
-        self._used[payload.signature] = expires
-        while len(self._used) > REPLAY_CAPACITY:
-            self._used.popitem(last=False)
-        return True
+        return verified and await self._first_use(payload.signature, expires, now)
 
-    def _forget_expired(self, now: float) -> None:
-        # Acceptance order is nearly expiry order; a straggler stays until the cap drops it.
-        while self._used:
-            signature, expires = next(iter(self._used.items()))
-            if expires > now:
-                break
-            del self._used[signature]
+    async def _first_use(self, signature: str, expires: float, now: float) -> bool:
+        """Record the solution; False if a sign-up (through any process) already used it."""
+        await self._db.execute("DELETE FROM altcha_solution WHERE expires_at < $1", int(now))
+        claimed = await self._db.fetchval(
+            "INSERT INTO altcha_solution (signature, expires_at) VALUES ($1, $2)"
+            " ON CONFLICT (signature) DO NOTHING RETURNING signature",
+            signature,
+            int(expires) + 1,
+        )
+        return claimed is not None
 
 
 def _decode(encoded: object) -> altcha.PayloadV1 | None:

@@ -189,7 +189,7 @@ class Gatekeeper:
             core.mail,
             limiter,
             core.gate,
-            AntiBot(config.antibot, derived_key("altcha", config)),
+            AntiBot(config.antibot, derived_key("altcha", config), core.db),
             Captcha(config.antibot),
         )
         sessions = Sessions(core.db, config.web)

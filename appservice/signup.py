@@ -178,7 +178,7 @@ class SignUps:
             reason = await self.gate.closed_reason()
             if reason is not None:
                 raise SignUpsClosed(reason)
-        if not self.antibot.verify(body) or not await self.captcha.verify(body, address):
+        if not await self.antibot.verify(body) or not await self.captcha.verify(body, address):
             raise SignUpRefused("the anti-bot check failed")
         form = self.parse(body)
         why = await self.gate.blocked_by(form.localpart, form.email, address)

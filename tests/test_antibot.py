@@ -10,19 +10,27 @@ from typing import Any
 
 import altcha
 import pytest
+from mautrix.util.async_db import Database
 
 from appservice.antibot import CHALLENGE_TTL, HONEYPOT_FIELD, AntiBot
 from appservice.config import AntibotConfig
+from appservice.database import upgrade
 
 KEY = "test-hmac-key-not-secret"
 MAX_NUMBER = 1000
 
 
-def antibot(pow_on: bool = True, honeypot: bool = False) -> AntiBot:
+@pytest.fixture
+async def db(database: Database) -> Database:
+    await upgrade(database)
+    return database
+
+
+def antibot(db: Database, pow_on: bool = True, honeypot: bool = False) -> AntiBot:
     config = AntibotConfig(
         proof_of_work=pow_on, proof_of_work_max_number=MAX_NUMBER, honeypot=honeypot
     )
-    return AntiBot(config, KEY)
+    return AntiBot(config, KEY, db)
 
 
 def solve(challenge: dict[str, Any], **changes: Any) -> str:
@@ -47,8 +55,8 @@ def encode(value: Any) -> str:
     return base64.b64encode(json.dumps(value).encode()).decode()
 
 
-def test_challenge_has_the_widget_fields_and_expires_in_twenty_minutes() -> None:
-    challenge = antibot().challenge()
+async def test_challenge_has_the_widget_fields_and_expires_in_twenty_minutes(db: Database) -> None:
+    challenge = antibot(db).challenge()
     assert set(challenge) == {"algorithm", "challenge", "maxNumber", "salt", "signature"}
     assert challenge["algorithm"] == "SHA-256"
     assert challenge["maxNumber"] == MAX_NUMBER
@@ -57,65 +65,68 @@ def test_challenge_has_the_widget_fields_and_expires_in_twenty_minutes() -> None
     assert abs(expires - (time.time() + CHALLENGE_TTL.total_seconds())) < 5
 
 
-def test_pow_refuses_a_body_without_a_solution() -> None:
-    assert not antibot().verify({})
-    assert not antibot().verify({"userName": "alice"})
+async def test_pow_refuses_a_body_without_a_solution(db: Database) -> None:
+    assert not await antibot(db).verify({})
+    assert not await antibot(db).verify({"userName": "alice"})
 
 
-def test_pow_accepts_a_solved_challenge_once() -> None:
-    checks = antibot()
+async def test_pow_accepts_a_solved_challenge_once(db: Database) -> None:
+    checks = antibot(db)
     payload = solve(checks.challenge())
-    assert checks.verify({"altcha": payload})
-    assert not checks.verify({"altcha": payload})
+    assert await checks.verify({"altcha": payload})
+    assert not await checks.verify({"altcha": payload})
 
 
-def test_pow_accepts_each_fresh_challenge() -> None:
-    checks = antibot()
+async def test_pow_accepts_each_fresh_challenge(db: Database) -> None:
+    checks = antibot(db)
     for _ in range(3):
-        assert checks.verify({"altcha": solve(checks.challenge())})
+        assert await checks.verify({"altcha": solve(checks.challenge())})
 
 
-def test_pow_refuses_a_tampered_solution() -> None:
-    checks = antibot()
+async def test_pow_refuses_a_tampered_solution(db: Database) -> None:
+    checks = antibot(db)
     challenge = checks.challenge()
     good = json.loads(base64.b64decode(solve(challenge)))
-    assert not checks.verify({"altcha": encode({**good, "number": good["number"] + 1})})
-    assert not checks.verify({"altcha": encode({**good, "signature": "0" * 64})})
-    assert not checks.verify({"altcha": encode({**good, "salt": good["salt"] + "x"})})
+    assert not await checks.verify({"altcha": encode({**good, "number": good["number"] + 1})})
+    assert not await checks.verify({"altcha": encode({**good, "signature": "0" * 64})})
+    assert not await checks.verify({"altcha": encode({**good, "salt": good["salt"] + "x"})})
     # The untouched solution still passes: the refusals above did not use it up.
-    assert checks.verify({"altcha": encode(good)})
+    assert await checks.verify({"altcha": encode(good)})
 
 
-def test_pow_refuses_a_challenge_signed_with_another_key() -> None:
-    other = AntiBot(AntibotConfig(proof_of_work=True, proof_of_work_max_number=MAX_NUMBER), "x")
-    assert not antibot().verify({"altcha": solve(other.challenge())})
+async def test_pow_refuses_a_challenge_signed_with_another_key(db: Database) -> None:
+    config = AntibotConfig(proof_of_work=True, proof_of_work_max_number=MAX_NUMBER)
+    other = AntiBot(config, "x", db)
+    assert not await antibot(db).verify({"altcha": solve(other.challenge())})
 
 
-def test_pow_refuses_an_expired_challenge() -> None:
+async def test_pow_refuses_an_expired_challenge(db: Database) -> None:
     expired = altcha.create_challenge_v1(
         algorithm="SHA-256",
         max_number=MAX_NUMBER,
         hmac_key=KEY,
         expires=datetime.now(UTC) - timedelta(seconds=1),
     ).to_dict()
-    assert not antibot().verify({"altcha": solve(expired)})
+    assert not await antibot(db).verify({"altcha": solve(expired)})
 
 
-def test_pow_refuses_a_challenge_that_outlives_the_ttl() -> None:
+async def test_pow_refuses_a_challenge_that_outlives_the_ttl(db: Database) -> None:
     # Correctly signed, but it would outlive the replay memory: never issued by us.
     for expires in (datetime.now(UTC) + CHALLENGE_TTL * 3, None):
         challenge = altcha.create_challenge_v1(
             algorithm="SHA-256", max_number=MAX_NUMBER, hmac_key=KEY, expires=expires
         ).to_dict()
-        assert not antibot().verify({"altcha": solve(challenge)})
+        assert not await antibot(db).verify({"altcha": solve(challenge)})
 
 
-def test_pow_refuses_a_solution_once_time_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
-    checks = antibot()
+async def test_pow_refuses_a_solution_once_time_has_passed(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = antibot(db)
     payload = solve(checks.challenge())
     later = time.time() + CHALLENGE_TTL.total_seconds() + 1
     monkeypatch.setattr(time, "time", lambda: later)
-    assert not checks.verify({"altcha": payload})
+    assert not await checks.verify({"altcha": payload})
 
 
 @pytest.mark.parametrize(
@@ -144,48 +155,50 @@ def test_pow_refuses_a_solution_once_time_has_passed(monkeypatch: pytest.MonkeyP
         "A" * 100_000,
     ],
 )
-def test_pow_refuses_garbage_without_raising(value: Any) -> None:
-    assert not antibot().verify({"altcha": value})
+async def test_pow_refuses_garbage_without_raising(db: Database, value: Any) -> None:
+    assert not await antibot(db).verify({"altcha": value})
 
 
-def test_honeypot_refuses_a_filled_field() -> None:
-    checks = antibot(pow_on=False, honeypot=True)
-    assert not checks.verify({HONEYPOT_FIELD: "http://spam"})
-    assert not checks.verify({"website": " "})
+async def test_honeypot_refuses_a_filled_field(db: Database) -> None:
+    checks = antibot(db, pow_on=False, honeypot=True)
+    assert not await checks.verify({HONEYPOT_FIELD: "http://spam"})
+    assert not await checks.verify({"website": " "})
 
 
-def test_honeypot_accepts_an_empty_or_absent_field() -> None:
-    checks = antibot(pow_on=False, honeypot=True)
-    assert checks.verify({"website": ""})
-    assert checks.verify({})
+async def test_honeypot_accepts_an_empty_or_absent_field(db: Database) -> None:
+    checks = antibot(db, pow_on=False, honeypot=True)
+    assert await checks.verify({"website": ""})
+    assert await checks.verify({})
 
 
-def test_both_checks_together() -> None:
-    checks = antibot(pow_on=True, honeypot=True)
+async def test_both_checks_together(db: Database) -> None:
+    checks = antibot(db, pow_on=True, honeypot=True)
     challenge = checks.challenge()
-    assert not checks.verify({"website": "http://spam", "altcha": solve(challenge)})
-    assert checks.verify({"website": "", "altcha": solve(challenge)})
+    assert not await checks.verify({"website": "http://spam", "altcha": solve(challenge)})
+    assert await checks.verify({"website": "", "altcha": solve(challenge)})
 
 
-def test_both_off_accepts_anything() -> None:
-    checks = antibot(pow_on=False, honeypot=False)
-    assert checks.verify({"website": "http://spam"})
-    assert checks.verify({"altcha": "garbage"})
-    assert checks.verify({})
+async def test_both_off_accepts_anything(db: Database) -> None:
+    checks = antibot(db, pow_on=False, honeypot=False)
+    assert await checks.verify({"website": "http://spam"})
+    assert await checks.verify({"altcha": "garbage"})
+    assert await checks.verify({})
 
 
-def test_pow_needs_an_hmac_key() -> None:
+async def test_pow_needs_an_hmac_key(db: Database) -> None:
     with pytest.raises(ValueError, match="HMAC key"):
-        AntiBot(AntibotConfig(proof_of_work=True), "")
-    AntiBot(AntibotConfig(proof_of_work=False), "")
+        AntiBot(AntibotConfig(proof_of_work=True), "", db)
+    AntiBot(AntibotConfig(proof_of_work=False), "", db)
 
 
-def test_replay_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("appservice.antibot.REPLAY_CAPACITY", 2)
-    checks = antibot()
-    payloads = [solve(checks.challenge()) for _ in range(3)]
-    for payload in payloads:
-        assert checks.verify({"altcha": payload})
-    assert len(checks._used) == 2
-    # The oldest was dropped to make room; the newest are still refused.
-    assert not checks.verify({"altcha": payloads[2]})
+async def test_used_solutions_are_shared_and_forgotten_once_expired(db: Database) -> None:
+    first, second = antibot(db), antibot(db)  # two worker processes on one database
+    payload = solve(first.challenge())
+    assert await first.verify({"altcha": payload})
+    assert not await second.verify({"altcha": payload})
+
+    # A solution whose challenge expired long ago is dropped at the next sign-up.
+    await db.execute("INSERT INTO altcha_solution (signature, expires_at) VALUES ('old', 1)")
+    assert await second.verify({"altcha": solve(second.challenge())})
+    assert await db.fetchval("SELECT COUNT(*) FROM altcha_solution WHERE signature = 'old'") == 0
+    assert await db.fetchval("SELECT COUNT(*) FROM altcha_solution") == 2
