@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
@@ -351,7 +352,10 @@ class Config(Section):
             *self.security.encryption_keys,
             self.antibot.captcha_secret,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        found = [v.get_secret_value() for v in values if v is not None]
+        # A PostgreSQL URL may carry a password; a driver's error could quote it.
+        database_password = urlsplit(self.database.url).password
+        return [*found, database_password] if database_password else found
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ sends it, and keeps retrying with back-off until the SMTP server takes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 from appservice.config import SmtpConfig
 from appservice.crypto import SecretBox, TamperedSecret
 from appservice.timeutil import now_ms
+from appservice.worker import Worker
 
 log = logging.getLogger("gatekeeper.mailer")
 
@@ -46,10 +46,9 @@ class Mailer:
         self._config = config
         self._db = db
         self._box = box
-        self._wake = asyncio.Event()
         self._sending = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        # A failed round (the database down for a moment) is retried: the mail is safe in it.
+        self._sender = Worker("mail sender", self._round, MAX_IDLE_SECONDS)
         # make_msgid() would otherwise ask DNS for our host name, blocking the loop.
         sender_domain = parseaddr(config.from_address)[1].rpartition("@")[2]
         self._msgid_domain = sender_domain or "gatekeeper.invalid"
@@ -80,7 +79,7 @@ class Mailer:
         self.on_wake()
 
     def wake_sender(self) -> None:
-        self._wake.set()
+        self._sender.wake()
 
     async def pending_count(self) -> int:
         return int(
@@ -192,36 +191,13 @@ class Mailer:
             return MAX_IDLE_SECONDS
         return min(max((int(earliest) - now_ms()) / 1000, 0.0), MAX_IDLE_SECONDS)
 
+    async def _round(self) -> float:
+        """One round of the sender: what is due goes out; then the seconds until the next."""
+        await self.send_due()
+        return await self._seconds_until_due()
+
     async def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="gatekeeper-mailer")
+        self._sender.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            # A cancel that lands just as the idle wait times out can be lost (asyncio's
-            # timeout in Python 3.11): the flag and the wake end the loop all the same.
-            self._stopping = True
-            self._wake.set()
-            task.cancel()
-            # wait() neither raises the task's CancelledError nor swallows our own.
-            await asyncio.wait([task])
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            # Cleared before looking, so a mail enqueued meanwhile wakes the next round.
-            self._wake.clear()
-            try:
-                await self.send_due()
-                delay = await self._seconds_until_due()
-            except Exception:
-                # The database may be down for a moment; the mail is safe in it.
-                log.exception(
-                    "Sending queued mail failed; trying again in %.0f s", MAX_IDLE_SECONDS
-                )
-                delay = MAX_IDLE_SECONDS
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+        await self._sender.stop()

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 import aiohttp
-import argon2
 
 from appservice.passwords import PasswordHasher
 from bench.load import Call, Load, LoadResult, run_load
@@ -59,20 +58,8 @@ QUICK = Sizes(
 )
 
 
-def configured_hasher() -> argon2.PasswordHasher:
-    """argon2id with exactly the parameters Gatekeeper's PasswordHasher uses."""
-    return argon2.PasswordHasher(
-        time_cost=PasswordHasher.TIME_COST,
-        memory_cost=PasswordHasher.MEMORY_COST,
-        parallelism=PasswordHasher.PARALLELISM,
-        hash_len=PasswordHasher.HASH_LEN,
-        salt_len=PasswordHasher.SALT_LEN,
-        type=argon2.Type.ID,
-    )
-
-
 def _hashes_in(seconds: float) -> int:
-    hasher = configured_hasher()
+    hasher = PasswordHasher.argon2_hasher()
     deadline = time.perf_counter() + seconds
     count = 0
     while time.perf_counter() < deadline:

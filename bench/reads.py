@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, configured_hasher, log_in
+from appservice.passwords import PasswordHasher
+from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, log_in
 from bench.load import Call
 from bench.report import Figure
 from bench.seed import pending_requests, status_tokens
@@ -58,7 +59,9 @@ def _figures(
 
 async def user_info(bench: Bench) -> list[Figure]:
     stack = bench.stack
-    accounts = await pending_requests(stack.db, "ui", SESSIONS, configured_hasher().hash(PASSWORD))
+    accounts = await pending_requests(
+        stack.db, "ui", SESSIONS, PasswordHasher.argon2_hasher().hash(PASSWORD)
+    )
     tokens = [await log_in(stack.web_url, email) for _, email in accounts]
     # An answer without a session is a 200 too: check that the cookie is taken.
     async with (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from ruamel.yaml import YAML
 
 from appservice.config import Config, ConfigError, load_config
+from appservice.logging_setup import RedactSecrets
 
 EXAMPLE = Path(__file__).parent.parent / "example-config.yaml"
 SECRET = "s3cret-value-that-must-not-leak"
@@ -190,6 +192,26 @@ def test_secrets_from_environment(tmp_path: Path) -> None:
     assert config.homeserver.admin_token.get_secret_value() == SECRET
     assert config.appservice.port == 4242
     assert SECRET not in repr(config)
+
+
+def test_a_database_password_is_redacted_from_logs(tmp_path: Path) -> None:
+    data = example_data()
+    data["database"]["url"] = f"postgres://gatekeeper:{SECRET}@db.example/gatekeeper"
+    config = load_config(write(tmp_path, data), environ={})
+    record = logging.LogRecord(
+        "gatekeeper",
+        logging.ERROR,
+        __file__,
+        1,
+        "no connection to %s",
+        (config.database.url,),
+        None,
+    )
+    RedactSecrets(config.secrets()).filter(record)
+    assert (
+        record.getMessage()
+        == "no connection to postgres://gatekeeper:<redacted>@db.example/gatekeeper"
+    )
 
 
 def test_unknown_environment_variable_is_named(tmp_path: Path) -> None:
