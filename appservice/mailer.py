@@ -47,6 +47,8 @@ class Mailer:
         self._db = db
         self._box = box
         self._sending = asyncio.Lock()
+        # The mail being sent right now and the time its claim runs to, if any.
+        self._in_hand: tuple[str, int] | None = None
         # A failed round (the database down for a moment) is retried: the mail is safe in it.
         self._sender = Worker("mail sender", self._round, MAX_IDLE_SECONDS)
         # make_msgid() would otherwise ask DNS for our host name, blocking the loop.
@@ -97,27 +99,33 @@ class Mailer:
             )
             sent = 0
             for row in rows:
-                if not await self._claim(row["id"], row["next_attempt_at"]):
+                # Set before claiming and left set if a stop cancels this round (even
+                # mid-claim): stop() gives back a claim that is still ours.
+                claim = (row["id"], now_ms() + int(self._config.timeout * CLAIM_TIMEOUTS * 1000))
+                self._in_hand = claim
+                if not await self._claim(*claim, row["next_attempt_at"]):
+                    self._in_hand = None
                     continue
                 try:
                     message = self._message(row["recipient"], row["subject"], row["body"])
                     await self._send(message)
                 except SendFailure as error:
                     await self._failed(row["id"], row["recipient"], row["attempts"] + 1, error)
+                    self._in_hand = None
                     continue
                 await self._db.execute(
                     "UPDATE mail_outbox SET sent_at = $1, body = '' WHERE id = $2",
                     now_ms(),
                     row["id"],
                 )
+                self._in_hand = None
                 sent += 1
                 log.info("Sent mail %s (%r)", row["id"], row["subject"])
                 log.debug("Mail %s went to %s", row["id"], row["recipient"])
             return sent
 
-    async def _claim(self, mail_id: str, seen_next_attempt_at: int) -> bool:
+    async def _claim(self, mail_id: str, until: int, seen_next_attempt_at: int) -> bool:
         """Push the mail's next attempt out while we send it, unless another process did."""
-        until = now_ms() + int(self._config.timeout * CLAIM_TIMEOUTS * 1000)
         claimed = await self._db.fetchval(
             """UPDATE mail_outbox SET next_attempt_at = $1
                WHERE id = $2 AND sent_at IS NULL AND next_attempt_at = $3
@@ -201,3 +209,15 @@ class Mailer:
 
     async def stop(self) -> None:
         await self._sender.stop()
+        claim, self._in_hand = self._in_hand, None
+        if claim is not None:
+            # Stopped mid-send: give the claim back (if it is still ours), so the next
+            # process or our next start tries at once instead of waiting it out.
+            mail_id, until = claim
+            await self._db.execute(
+                "UPDATE mail_outbox SET next_attempt_at = $1"
+                " WHERE id = $2 AND sent_at IS NULL AND next_attempt_at = $3",
+                now_ms(),
+                mail_id,
+                until,
+            )
