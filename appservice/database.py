@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
-from mautrix.util.async_db import Database, PostgresDatabase, Scheme
+from mautrix.util.async_db import Database, PostgresDatabase, Scheme, UpgradeTable
+from mautrix.util.async_db.connection import LoggingConnection
+from yarl import URL
 
 from appservice.config import DatabaseConfig
 from appservice.timeutil import now_ms
@@ -85,20 +89,40 @@ async def _keep_session_state(_: asyncpg.Connection) -> None:
     release is a round trip for nothing. It still rolls back an open transaction."""
 
 
+class ReconnectingPostgresDatabase(PostgresDatabase):
+    """mautrix's PostgreSQL pool, made to survive a PostgreSQL restart whole.
+
+    When a protocol error breaks a connection mid-query (as when the server goes away
+    under load: "cannot switch to state …"), asyncpg 0.31 aborts it without giving its
+    place back to the pool (asyncpg issue 1307). Every restart then shrank the pool for
+    good, until queries waited forever and closing it hung. terminate() on a closed
+    connection hands the place back, and is harmless where asyncpg already did.
+    """
+
+    @asynccontextmanager
+    async def acquire_direct(self) -> AsyncIterator[LoggingConnection]:
+        async with self.pool.acquire() as conn:
+            try:
+                yield LoggingConnection(
+                    self.scheme, conn, self.log, handle_exception=self._handle_exception
+                )
+            finally:
+                if conn.is_closed():
+                    conn.terminate()
+
+
 def create_database(config: DatabaseConfig) -> Database:
+    log = logging.getLogger("gatekeeper.database.sql")
     if config.url.startswith("sqlite:"):
-        db_args: dict[str, object] = {"min_size": 1}
-    else:
-        # Keep the process alive when PostgreSQL restarts: the pool reconnects.
-        db_args = {
-            "min_size": 1,
-            "max_size": config.max_connections,
-            "meow_exit_on_ice": False,
-            "reset": _keep_session_state,
-        }
-    return Database.create(
-        config.url, db_args=db_args, log=logging.getLogger("gatekeeper.database.sql")
-    )
+        return Database.create(config.url, db_args={"min_size": 1}, log=log)
+    # Keep the process alive when PostgreSQL restarts: the pool reconnects.
+    db_args: dict[str, object] = {
+        "min_size": 1,
+        "max_size": config.max_connections,
+        "meow_exit_on_ice": False,
+        "reset": _keep_session_state,
+    }
+    return ReconnectingPostgresDatabase(URL(config.url), UpgradeTable(), db_args=db_args, log=log)
 
 
 async def stop_database(db: Database) -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mautrix.api import Method, Path
 from mautrix.client import ClientAPI
 from mautrix.types import RoomID, UserID
 
 Event = dict[str, Any]
 
+
+# Events one /sync may carry per room; a busier room's gap is filled from /messages.
+SYNC_TIMELINE_LIMIT = 100
+SYNC_FILTER = json.dumps({"room": {"timeline": {"limit": SYNC_TIMELINE_LIMIT}}})
 
 # Synapse retries an appservice it could not reach with back-off (2, 4, 8 s …): a test
 # that just restarted Gatekeeper may wait that long for the bot's answer.
@@ -39,13 +45,35 @@ class MatrixUser:
         await self.api.api.session.close()
 
     async def sync_once(self, timeout_ms: int = 500) -> None:
-        data = await self.api.sync(since=self._since, timeout=timeout_ms)
+        since = self._since
+        data = await self.api.sync(since=since, timeout=timeout_ms, filter_id=SYNC_FILTER)
         self._since = data["next_batch"]
         rooms = data.get("rooms", {})
         self.invites.update(RoomID(r) for r in rooms.get("invite", {}))
         for room_id, room in rooms.get("join", {}).items():
-            for event in room.get("timeline", {}).get("events", []):
+            timeline = room.get("timeline", {})
+            events = timeline.get("events", [])
+            if timeline.get("limited") and since is not None:
+                # More arrived than one sync carries: a real client would show the gap;
+                # a test must see every event, so read it back from the room's history.
+                gap = await self._events_between(room_id, since, timeline["prev_batch"])
+                events = [*gap, *events]
+            for event in events:
                 self.timeline.append({**event, "room_id": room_id})
+
+    async def _events_between(self, room_id: str, since: str, until: str) -> list[Event]:
+        """The room's events after `since` and before `until`, oldest first."""
+        newest_first: list[Event] = []
+        token: str | None = until
+        while token is not None:
+            page = await self.api.api.request(
+                Method.GET,
+                Path.v3.rooms[room_id].messages,
+                query_params={"dir": "b", "from": token, "to": since, "limit": "100"},
+            )
+            newest_first.extend(page.get("chunk", []))
+            token = page.get("end") if page.get("chunk") else None
+        return newest_first[::-1]
 
     async def wait_for(
         self, predicate: Callable[[Event], bool], timeout: float = EVENT_WAIT_SECONDS

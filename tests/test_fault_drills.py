@@ -25,6 +25,7 @@ Where each drill lives:
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +41,7 @@ import asyncpg
 import pytest
 from mautrix.types import RoomID
 
+from appservice import leadership
 from appservice.program import Gatekeeper
 from harness.matrix_user import Event, MatrixUser, wait_until
 from harness.postgres import PostgresError, PrivatePostgres
@@ -454,7 +456,13 @@ async def test_postgres_restart_under_load(
     smtp: MailCatcher,
     private_postgres: PrivatePostgres,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # The active role's connection is checked often, so the restart always costs the
+    # process its role and the drill covers standing down and taking over again (with
+    # the usual 5 s, a short restart is often over before anyone looks).
+    monkeypatch.setattr(leadership, "HEARTBEAT_SECONDS", 0.5)
     server = await asyncpg.connect(private_postgres.url)
     await server.execute('CREATE DATABASE "gatekeeper"')
     await server.close()
@@ -468,10 +476,23 @@ async def test_postgres_restart_under_load(
     gatekeeper = Gatekeeper(config)
     await gatekeeper.start()
     try:
-        await drill_postgres_restart(gatekeeper, private_postgres, synapse, alice, smtp)
+        with caplog.at_level(logging.INFO, logger="gatekeeper"):
+            await drill_postgres_restart(gatekeeper, private_postgres, synapse, alice, smtp)
+        assert "Lost the connection that holds the active role" in caplog.text
+        assert gatekeeper.role == "active"
+        # The pool came back whole: as many queries at once as it has connections.
+        await every_pool_connection_answers(gatekeeper, config.database.max_connections)
     finally:
-        # Gatekeeper.stop() bounds the pool's close: asyncpg may wait on a dead connection.
         await gatekeeper.stop()
+    # Nothing still held a connection: the pool closed without being forced.
+    assert "did not close" not in caplog.text
+
+
+async def every_pool_connection_answers(gatekeeper: Gatekeeper, connections: int) -> None:
+    async def one_query() -> None:
+        await gatekeeper.db.execute("SELECT pg_sleep(0.2)")
+
+    await asyncio.wait_for(asyncio.gather(*(one_query() for _ in range(connections))), 10)
 
 
 async def drill_postgres_restart(
