@@ -10,7 +10,7 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lock lint format test demo clean chromium docs fuzz bench
+.PHONY: install lock lint format test demo clean chromium docs fuzz bench soak stress-ng
 
 install: $(INSTALLED)
 
@@ -47,6 +47,18 @@ test: lint chromium
 # tests/test_fuzz.py with many more examples per operation than the suite's quick run.
 fuzz: install
 	GATEKEEPER_FUZZ_EXAMPLES=$${GATEKEEPER_FUZZ_EXAMPLES:-300} $(BIN)/pytest --timeout 3600 tests/test_fuzz.py
+
+# Flakiness, run by hand: the fault drills and multi-process tests SOAK_RUNS times (default
+# 20) in one session, then each test's pass count. HOG=1 keeps one core busy meanwhile.
+SOAK_RUNS ?= 20
+soak: install $(if $(HOG),stress-ng)
+	$(BIN)/python -m harness.soak --runs $(SOAK_RUNS) $(if $(HOG),--hog) $(SOAK_ARGS)
+
+stress-ng:
+	@command -v stress-ng >/dev/null || { \
+	  echo "Installing Debian's stress-ng for the CPU hog"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq stress-ng; }
 
 # Timings, run by hand: a real Synapse and PostgreSQL-backed Gatekeeper under load; prints
 # a table and writes bench/results/<date>.json. BENCH_ARGS="--sqlite", "--quick", "signup" ...
