@@ -22,6 +22,9 @@ SYNC_FILTER = json.dumps({"room": {"timeline": {"limit": SYNC_TIMELINE_LIMIT}}})
 # Synapse retries an appservice it could not reach with back-off (2, 4, 8 s …): a test
 # that just restarted Gatekeeper may wait that long for the bot's answer.
 EVENT_WAIT_SECONDS = 45.0
+# How long each successful wait_for took: the suite reports the longest, so a wait that
+# creeps towards the limit shows before it fails.
+EVENT_WAITS: list[float] = []
 
 
 class MatrixUser:
@@ -79,11 +82,13 @@ class MatrixUser:
         self, predicate: Callable[[Event], bool], timeout: float = EVENT_WAIT_SECONDS
     ) -> Event:
         """The first event, old or new, matching `predicate`; consumed so it is not seen twice."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             for index, event in enumerate(self.timeline):
                 if predicate(event):
                     del self.timeline[index]
+                    EVENT_WAITS.append(time.monotonic() - started)
                     return event
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no matching event for {self.user_id} in {timeout} s")

@@ -30,7 +30,7 @@ from ruamel.yaml import YAML
 from appservice.config import Config, DatabaseConfig, load_config
 from appservice.database import create_database
 from appservice.program import Gatekeeper
-from harness.matrix_user import MatrixUser
+from harness.matrix_user import EVENT_WAIT_SECONDS, EVENT_WAITS, MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings
 
@@ -78,6 +78,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"{_passed_against['postgres']} against PostgreSQL, "
         f"{_passed_against['chromium']} in Chromium"
     )
+    if EVENT_WAITS:
+        waits = sorted(EVENT_WAITS)
+        terminalreporter.write_line(
+            f"waits for a Matrix event: {len(waits)}, median {waits[len(waits) // 2]:.2f} s, "
+            f"longest {waits[-1]:.1f} s (limit {EVENT_WAIT_SECONDS:g} s)"
+        )
 
 
 # --- databases ---------------------------------------------------------------------------
