@@ -73,7 +73,7 @@ class Captcha:
                 session.post(url, data=form) as response,
             ):
                 verdict = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as error:
             # Fail closed: an unreachable provider lets nobody through unchecked.
             log.warning("The %s check failed: %s", self.config.captcha, type(error).__name__)
             return False

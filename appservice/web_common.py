@@ -6,9 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
+from appservice.openapi import REQUEST_BODIES
 from appservice.signup import FieldErrors
 
 MAX_BODY_BYTES = 64 * 1024
+# Every body of the API is a flat object; deeper ones are refused before they are walked.
+MAX_JSON_NESTING = 32
 
 
 class ApiError(Exception):
@@ -30,6 +33,19 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def too_deep() -> ApiError:
+    return ApiError(
+        400,
+        "GK_NOT_JSON",
+        f"The body must be a JSON object nested at most {MAX_JSON_NESTING} levels deep.",
+    )
+
+
+def unstorable_text() -> ApiError:
+    """Bad text (see `storable`) where naming the place would repeat what the client chose."""
+    return ApiError(400, "GK_BAD_TEXT", "The request holds a NUL character or broken Unicode.")
+
+
 def storable(text: str) -> bool:
     """Whether `text` can be kept and compared: PostgreSQL refuses NUL characters, and
     unpaired surrogates (JSON allows "\\ud800"; aiohttp decodes stray bytes to them) are
@@ -43,17 +59,34 @@ def storable(text: str) -> bool:
     return True
 
 
-def _all_storable(value: Any) -> bool:
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list):
-        return all(_all_storable(item) for item in value)
-    if isinstance(value, dict):
-        return all(_all_storable(item) for item in value.values())
-    return True
+def _nesting_and_storable(value: Any) -> tuple[int, bool]:
+    """How deep `value` nests, and whether all its text (keys too) is storable; walked
+    without recursion, so no body can exhaust the stack."""
+    deepest, storable_so_far = 0, True
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            storable_so_far = storable_so_far and storable(item)
+        elif isinstance(item, list | dict):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_JSON_NESTING:
+                return deepest, storable_so_far
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest, storable_so_far
+
+
+def known_fields(request: web.Request) -> frozenset[str]:
+    """The body fields this endpoint takes, as its OpenAPI document lists them."""
+    resource = request.match_info.route.resource
+    schema = REQUEST_BODIES.get(resource.canonical if resource else "", {})
+    return frozenset(schema.get("properties", {}))
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The body's JSON object. Bad text in a field the endpoint knows is named (422); bad
+    text anywhere else is refused without repeating a key the client chose (400)."""
     try:
         body = await request.json()
     except web.HTTPRequestEntityTooLarge:
@@ -62,13 +95,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         ) from None
     except ValueError:
         raise ApiError(400, "GK_NOT_JSON", "The body must be a JSON object.") from None
+    except RecursionError:  # json's parser recurses once per level
+        raise too_deep() from None
     if not isinstance(body, dict):
         raise ApiError(400, "GK_NOT_JSON", "The body must be a JSON object.")
-    refused = {
-        field: "must be text without NUL characters or broken Unicode"
-        for field, value in body.items()
-        if not _all_storable(value)
-    }
+    known = known_fields(request)
+    refused: dict[str, str] = {}
+    for key, value in body.items():
+        depth, ok = _nesting_and_storable(value)
+        if depth >= MAX_JSON_NESTING:  # the body's object is one level more
+            raise too_deep()
+        if key in known and not ok:
+            refused[key] = "must be text without NUL characters or broken Unicode"
+        elif not (ok and storable(key)):
+            raise unstorable_text()
     if refused:
         raise FieldErrors(refused)
     return body

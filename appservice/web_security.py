@@ -21,7 +21,7 @@ from appservice.accounts import LoginResult
 from appservice.config import Config
 from appservice.registrations import RegistrationRequest
 from appservice.sessions import Session, Sessions
-from appservice.web_common import ApiError, storable
+from appservice.web_common import ApiError, storable, unstorable_text
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,7 +139,7 @@ async def refuse_unstorable_text(request: web.Request) -> None:
             value for value in (await form_fields(request)).values() if isinstance(value, str)
         ]
     if not all(storable(text) for text in texts):
-        raise ApiError(400, "GK_BAD_TEXT", "The request holds a NUL character or broken Unicode.")
+        raise unstorable_text()
 
 
 def security_middleware(cookies: Cookies, csrf: Csrf, sessions: Sessions) -> Any:
