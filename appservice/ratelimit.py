@@ -6,6 +6,7 @@ read, changed in Python and written back.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 from collections.abc import Callable
@@ -35,6 +36,11 @@ LOGIN_PER_ADDRESS = Limit(30, 60)
 RESET_PER_ADDRESS = Limit(5, 3600)
 RESET_PER_ACCOUNT = Limit(3, 3600)
 SECOND_FACTOR_PER_ADDRESS = Limit(30, 60)
+RESEND_PER_ADDRESS = Limit(10, 3600)
+# Mail nobody can stop by other means (a confirmation sent again, a note that someone used
+# the address to sign up): one per recipient per 5 minutes, and a few a day.
+MAIL_PER_RECIPIENT = Limit(1, 300)
+MAIL_PER_RECIPIENT_PER_DAY = Limit(10, 86400)
 
 
 class RateLimited(Exception):
@@ -66,6 +72,12 @@ def address_key(prefix: str, address: str) -> str:
         network = ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))
         return f"{prefix}:addr:{network}"
     return f"{prefix}:addr:{ip}"
+
+
+def recipient_key(prefix: str, email: str) -> str:
+    """The counter key of a mail recipient; a hash, so the table holds no addresses."""
+    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    return f"{prefix}:to:{digest}"
 
 
 class RateLimiter:

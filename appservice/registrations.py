@@ -274,17 +274,14 @@ class Registrations:
         )
         return [AuditEntry(**{k: row[k] for k in AuditEntry.__dataclass_fields__}) for row in rows]
 
-    async def unconfirmed_for_email(self, email: str, quiet_ms: int) -> list[RegistrationRequest]:
-        """Unverified requests of this address with no confirmation mail in `quiet_ms`."""
-        rows = await self.db.fetch(
-            "SELECT * FROM registration_request r WHERE LOWER(r.email)=LOWER($1)"
-            " AND r.status='unverified' AND NOT EXISTS (SELECT 1 FROM email_token t"
-            " WHERE t.request_id=r.id AND t.purpose=$2 AND t.created_at > $3)",
+    async def newest_unconfirmed(self, email: str) -> RegistrationRequest | None:
+        """The newest unverified request of this address, if any."""
+        row = await self.db.fetchrow(
+            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"
+            " AND status='unverified' ORDER BY created_at DESC, id LIMIT 1",
             email,
-            CONFIRM_PURPOSE,
-            now_ms() - quiet_ms,
         )
-        return [RegistrationRequest.from_row(row) for row in rows]
+        return RegistrationRequest.from_row(row) if row else None
 
     async def for_login(self, email: str) -> RegistrationRequest | None:
         """The newest request of this address whose owner may log in."""

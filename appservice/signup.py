@@ -18,7 +18,16 @@ from appservice.config import Config
 from appservice.crypto import SecretBox
 from appservice.gate import Gate
 from appservice.passwords import PasswordHasher, password_problem
-from appservice.ratelimit import Limit, RateLimiter, address_key
+from appservice.ratelimit import (
+    MAIL_PER_RECIPIENT,
+    MAIL_PER_RECIPIENT_PER_DAY,
+    RESEND_PER_ADDRESS,
+    Limit,
+    RateLimited,
+    RateLimiter,
+    address_key,
+    recipient_key,
+)
 from appservice.registrations import (
     NameAlreadyRequested,
     NewRequest,
@@ -32,7 +41,6 @@ log = logging.getLogger("gatekeeper.signup")
 LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
 MAX_USER_ID_BYTES = 255  # the Matrix spec's limit on a whole user ID
 MAX_REASON_CHARS = 2000
-RESEND_AFTER_MS = 60 * 1000  # one confirmation mail a minute per request, at most
 
 
 class SignUpRefused(Exception):
@@ -211,16 +219,38 @@ class SignUps:
             created = await self.registrations.create(new, confirmed=confirmed, after=after)
         except NameAlreadyRequested:
             raise FieldErrors({"userName": "is already taken"}) from None
+        if not confirmed:
+            # The sign-up's own confirmation is never held back (an address has one open
+            # request at most), but it counts: a resend right after it sends nothing.
+            await self.recipient_may_get_mail(form.email)
         if invite is None:
             await self.gate.apply_daily_cap()
         return created
 
-    async def resend_confirmation(self, email: str) -> None:
-        """Send a fresh link to every unconfirmed request of this address (if any)."""
-        for request in await self.registrations.unconfirmed_for_email(
-            email.strip(), RESEND_AFTER_MS
-        ):
-            async with self.registrations.db.acquire() as conn, conn.transaction():
-                await self.mail.confirmation(conn, request)
-            self.mail.mailer.wake()
-            log.info("Confirmation mail sent again for request %s", request.id)
+    async def recipient_may_get_mail(self, email: str) -> bool:
+        """Count a mail to `email` that nobody could stop otherwise; False: over its limit."""
+        key = recipient_key("mail", email)
+        try:
+            await self.limiter.hit(key, MAIL_PER_RECIPIENT)
+            await self.limiter.hit(f"{key}:day", MAIL_PER_RECIPIENT_PER_DAY)
+        except RateLimited:
+            return False
+        return True
+
+    async def resend_confirmation(self, email: str, address: str) -> None:
+        """Send a fresh link for the address's newest unconfirmed request (if any).
+
+        The caller answers the same whatever happens here: whether a request exists, or
+        the recipient has had a mail in the last minutes, is nobody's business. Counted
+        before the look-up, so a known and an unknown address cost the same."""
+        await self.limiter.hit(address_key("resend", address), RESEND_PER_ADDRESS)
+        email = email.strip()
+        if not await self.recipient_may_get_mail(email):
+            return
+        request = await self.registrations.newest_unconfirmed(email)
+        if request is None:
+            return
+        async with self.registrations.db.acquire() as conn, conn.transaction():
+            await self.mail.confirmation(conn, request)
+        self.mail.mailer.wake()
+        log.info("Confirmation mail sent again for request %s", request.id)

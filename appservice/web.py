@@ -159,8 +159,13 @@ class WebApi:
         return web.json_response({"status": status})
 
     async def resend_confirmation(self, request: web.Request) -> web.Response:
-        """`{"email": "…"}` → `{"sent": true}`, whether or not the address has a request."""
-        await self.signups.resend_confirmation(text_field(await json_body(request), "email"))
+        """`{"email": "…"}` → `{"sent": true}`, whether or not a mail went out.
+
+        At most one mail per address every 5 minutes, for its newest unconfirmed request;
+        10 asks an hour per client address, then 429 with Retry-After."""
+        await self.signups.resend_confirmation(
+            text_field(await json_body(request), "email"), request.remote or ""
+        )
         return web.json_response({"sent": True})
 
     async def _by_status_token(self, token: str) -> RegistrationRequest:

@@ -190,3 +190,21 @@ async def logged_in(gatekeeper: Gatekeeper, applicant: Applicant) -> WebClient:
     )
     assert (status, body) == (200, {"status": "logged-in"})
     return client
+
+
+async def pass_time(gatekeeper: Gatekeeper, ms: int) -> None:
+    """Make the mail links and the rate limits `ms` older, as if that much time had passed."""
+    await gatekeeper.db.execute("UPDATE email_token SET created_at = created_at - $1", ms)
+    await gatekeeper.db.execute("UPDATE rate_limit SET window_start = window_start - $1", ms)
+
+
+async def all_mail_sent(gatekeeper: Gatekeeper) -> None:
+    """Wait until the outbox has handed every queued mail to the mail server."""
+
+    async def drained() -> bool:
+        unsent = await gatekeeper.db.fetchval(
+            "SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL"
+        )
+        return int(unsent) == 0
+
+    await wait_until(drained, timeout=20)

@@ -16,6 +16,7 @@ from tests.flows import (
     can_log_in,
     link_token,
     new_applicant,
+    pass_time,
     request_id_of,
     sign_up,
     wait_for_state,
@@ -98,11 +99,11 @@ async def test_confirmation_mail_can_be_sent_again(
     nia = new_applicant("nia")
     await sign_up(gatekeeper, nia)
     first = await smtp.wait_for(nia.email, "confirm")
-    # At most one mail a minute per request: an immediate second ask sends nothing new.
+    # At most one mail every 5 minutes per address: an immediate second ask sends nothing.
     assert await gatekeeper_api(
         gatekeeper, "POST", "/api/user/re-trigger-confirmation-email", {"email": nia.email}
     ) == (200, {"sent": True})
-    await gatekeeper.db.execute("UPDATE email_token SET created_at = created_at - 120000")
+    await pass_time(gatekeeper, 5 * 60_000)
     assert await gatekeeper_api(
         gatekeeper, "POST", "/api/user/re-trigger-confirmation-email", {"email": nia.email}
     ) == (200, {"sent": True})
