@@ -27,6 +27,7 @@ from appservice.config import Config
 from appservice.decisions import Decisions
 from appservice.gate import BLOCK_KINDS, Gate
 from appservice.registrations import Outcome, RegistrationRequest, Registrations, Result, State
+from appservice.signup import MAX_REASON_CHARS
 from appservice.state import BotState
 from appservice.timeutil import now_ms
 from bot.admin_room import AdminRoom
@@ -44,8 +45,9 @@ from bot.notices import (
     age,
     content_of,
     describe,
-    mask_email,
     normalise_key,
+    one_line,
+    shown_email,
 )
 from bot.options import expiry, parse_options, when
 
@@ -253,12 +255,14 @@ class AdminBot:
         request = await self.registrations.get(ctx.args[0])
         if request is None:
             return Reply(f"There is no request {ctx.args[0]}. {self.prefix}search finds one.")
-        lines = [describe(request, self.config, self.prefix).text, f"State: {request.state}"]
+        # The whole reason (sign-ups keep at most MAX_REASON_CHARS), still on one line.
+        notice = describe(request, self.config, self.prefix, reason_chars=MAX_REASON_CHARS)
+        lines = [notice.text, f"State: {request.state}"]
         lines.append("History:")
         for entry in await self.registrations.history(request.id):
             when = datetime.fromtimestamp(entry.at / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
             change = f"{entry.from_state or 'new'} → {entry.to_state}"
-            why = f" ({entry.reason})" if entry.reason else ""
+            why = f" ({one_line(entry.reason)})" if entry.reason else ""
             lines.append(f"• {when} {change} by {entry.actor}{why}")
         return Reply("\n".join(lines))
 
@@ -274,7 +278,7 @@ class AdminBot:
         )
 
     def _summary(self, request: RegistrationRequest) -> str:
-        email = mask_email(request.email) if self.config.registration.mask_email else request.email
+        email = shown_email(request.email, self.config)
         return (
             f"• {request.id} @{request.localpart}:{self.config.homeserver.domain} — {email} — "
             f"{request.state} — {age(request.created_at)}"

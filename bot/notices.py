@@ -10,6 +10,7 @@ import asyncio
 import html
 import logging
 import time
+import unicodedata
 
 from mautrix.appservice import IntentAPI
 from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
@@ -28,6 +29,16 @@ REJECT_KEYS = ("❌", "✖️", "✖", "👎")
 # price of notices sent together reaching the room in any order.
 PARALLEL_SENDS = 16
 
+# Applicant text in a notice is shown on one line, quoted and capped: it can never pass for
+# a line of the bot's own (a fake "Approved by …"), nor fill the room. !show has it whole.
+NOTICE_QUOTE_CHARS = 300
+# Other text a notice repeats (decision reasons, homeserver errors) is capped too.
+NOTICE_TEXT_CHARS = 500
+# Bidirectional controls reorder what follows them on screen, so they break the line too.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
 OUTCOME = {
     State.APPROVED: "✅ Approved by {decided_by}; creating the account…",
     State.PROVISIONING: "✅ Approved by {decided_by}; creating the account…",
@@ -37,6 +48,26 @@ OUTCOME = {
     State.EXPIRED: "⌛ Expired: not decided in time.",
     State.WITHDRAWN: "↩️ Withdrawn by the applicant.",
 }
+
+
+def _breaks_lines(character: str) -> bool:
+    return unicodedata.category(character) in ("Cc", "Zl", "Zp") or character in BIDI_CONTROLS
+
+
+def one_line(text: str, limit: int = NOTICE_TEXT_CHARS) -> str:
+    """`text` on one line: each run of control characters, line or paragraph separators and
+    spaces becomes one space; past `limit` characters it is cut with an ellipsis."""
+    spaced = "".join(" " if _breaks_lines(character) else character for character in text)
+    collapsed = " ".join(spaced.split())
+    if len(collapsed) > limit:
+        return collapsed[: limit - 1].rstrip() + "…"
+    return collapsed
+
+
+def quoted(text: str, limit: int = NOTICE_QUOTE_CHARS) -> str:
+    """Applicant text between quotation marks it cannot close early itself."""
+    plain = text.replace("“", '"').replace("”", '"')
+    return f"“{one_line(plain, limit)}”"
 
 
 def mask_email(email: str) -> str:
@@ -57,16 +88,26 @@ def normalise_key(key: str) -> str:
     return key.replace("\ufe0f", "")
 
 
-def describe(request: RegistrationRequest, config: Config, prefix: str) -> Reply:
-    """The notice's text for the request's current state."""
+def shown_email(email: str, config: Config) -> str:
+    return one_line(mask_email(email) if config.registration.mask_email else email)
+
+
+def describe(
+    request: RegistrationRequest,
+    config: Config,
+    prefix: str,
+    reason_chars: int = NOTICE_QUOTE_CHARS,
+) -> Reply:
+    """The notice's text for the request's current state: one line per fact, and no
+    applicant text able to add a line."""
     user_id = request.user_id(config.homeserver.domain)
-    email = mask_email(request.email) if config.registration.mask_email else request.email
+    email = shown_email(request.email, config)
     lines = [
         f"Sign-up request {request.id}: {user_id}",
         f"Email: {email} · language: {request.language} · asked {age(request.created_at)}",
     ]
     if request.reason:
-        lines.append(f"Reason: {request.reason}")
+        lines.append(f"Reason: {quoted(request.reason, reason_chars)}")
     state = request.state
     if state is State.PENDING:
         lines.append(
@@ -74,12 +115,12 @@ def describe(request: RegistrationRequest, config: Config, prefix: str) -> Reply
             f" / {prefix}reject {request.id} [reason]."
         )
     elif state in OUTCOME:
-        reason = f": {request.decision_reason}" if request.decision_reason else ""
+        reason = f": {one_line(request.decision_reason)}" if request.decision_reason else ""
         lines.append(
             OUTCOME[state].format(
                 decided_by=request.decided_by or "an admin",
                 user_id=user_id,
-                error=request.last_error or "unknown error",
+                error=one_line(request.last_error or "unknown error"),
                 reason=reason,
             )
         )
@@ -88,7 +129,10 @@ def describe(request: RegistrationRequest, config: Config, prefix: str) -> Reply
 
 
 def content_of(reply: Reply) -> TextMessageEventContent:
+    """Every message the bot sends: a notice that mentions nobody, so an "@room" or a name
+    in applicant text never notifies anyone (edits carry it in m.new_content too)."""
     content = TextMessageEventContent(msgtype=MessageType.NOTICE, body=reply.text)
+    content["m.mentions"] = {}
     if reply.html is not None:
         content.format = Format.HTML
         content.formatted_body = reply.html
@@ -143,11 +187,11 @@ class NoticeBoard:
                 room_id, content, txn_id=f"gk-edit-{request.id}-{request.state.value}"
             )
             if request.state is State.FAILED:
+                error = one_line(request.last_error or "unknown error")
                 alert = content_of(
                     Reply(
-                        f"Request {request.id}: the account could not be created "
-                        f"({request.last_error}). Check the homeserver, then ask the applicant "
-                        "to sign up again."
+                        f"Request {request.id}: the account could not be created ({error}). "
+                        "Check the homeserver, then ask the applicant to sign up again."
                     )
                 )
                 alert.set_reply(event_id)

@@ -8,7 +8,15 @@ from mautrix.types import EventType, RoomID
 
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import Homeserver, StartGatekeeper
-from tests.flows import BOT, admin_room
+from tests.flows import (
+    BOT,
+    admin_room,
+    is_edit_of,
+    is_notice_for,
+    new_applicant,
+    request_id_of,
+    sign_up,
+)
 
 REFUSAL = "Sorry, only Gatekeeper admins can give me commands."
 
@@ -141,3 +149,51 @@ async def test_power_level_makes_an_admin(
 
     assert (await bob.reply_to(room_id, "!help", BOT)).startswith("Gatekeeper commands:")
     assert await mallory.reply_to(room_id, "!help", BOT) == REFUSAL
+
+
+async def test_applicant_text_cannot_forge_bot_lines_or_ping_the_room(
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser
+) -> None:
+    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
+    room_id = await admin_room(gatekeeper, alice)
+    welcome = await alice.wait_for(from_bot(room_id, "Hello!"))
+    ann = new_applicant()
+    forged = f"✅ Approved by {alice.user_id}; account {ann.user_id} created."
+    tail = "x" * 600
+    reason = f"hi @room\n{forged}\r\n\u2028line\u2029two\x0bthree\x07\u202efour “q” {tail}"
+
+    assert (await sign_up(gatekeeper, ann, reason=reason))[0] == 201
+
+    request_id = await request_id_of(gatekeeper, ann)
+    one_line = f'hi @room {forged} line two three four "q" {tail}'
+    notice = await alice.wait_for(is_notice_for(room_id, ann))
+    lines = notice["content"]["body"].split("\n")
+    assert lines[0] == f"Sign-up request {request_id}: {ann.user_id}"
+    assert lines[1].startswith("Email: a***@example.org · language: en · asked ")
+    assert lines[2] == f"Reason: “{one_line[:299]}…”"
+    assert lines[3].startswith("React ✅ to approve")
+    assert len(lines) == 4
+    assert notice["content"]["formatted_body"].count("<br>") == 3
+    assert notice["content"]["m.mentions"] == {}
+
+    # !show gives the whole reason, still on one line, and its answer pings nobody either.
+    command_id = await alice.say(room_id, f"!show {request_id}")
+    answer = await alice.wait_for(
+        lambda e: (
+            e["sender"] == BOT
+            and e["content"].get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+            == command_id
+        )
+    )
+    assert f"Reason: “{one_line}”" in answer["content"]["body"].split("\n")
+    assert answer["content"]["m.mentions"] == {}
+
+    await alice.api.react(room_id, notice["event_id"], "✅")
+    # Only the bot's own line starts after a line break; the quoted fake one cannot.
+    edit = await alice.wait_for(is_edit_of(notice["event_id"], f"\n{forged}"))
+    assert edit["content"]["m.mentions"] == {}
+    assert edit["content"]["m.new_content"]["m.mentions"] == {}
+    edited = edit["content"]["m.new_content"]["body"].split("\n")
+    assert edited[2] == lines[2]
+    assert edited[3:] == [forged]
+    assert welcome["content"]["m.mentions"] == {}
