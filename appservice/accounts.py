@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from appservice.applicant_mail import ApplicantMail
@@ -38,6 +39,14 @@ class LoginStatus(enum.StrEnum):
     LOGGED_IN = "logged-in"
     SECOND_FACTOR_REQUIRED = "second-factor-required"
     INVALID_CREDENTIALS = "invalid-credentials"
+
+
+class MatrixOutcome(enum.StrEnum):
+    """Whether a password or email change reached the Matrix account: never claim it did."""
+
+    CHANGED = "changed"
+    NO_ACCOUNT = "no-account"  # nothing on Matrix to change (yet)
+    UNCHANGED = "unchanged"  # the Matrix account kept the old value
 
 
 @dataclass(frozen=True)
@@ -156,44 +165,58 @@ class Accounts:
         except Exception:
             log.exception("Could not queue the reset mail of request %s", request.id)
 
-    async def reset_password(self, email: str, token: str, new_password: str) -> bool:
+    async def reset_password(
+        self, email: str, token: str, new_password: str
+    ) -> MatrixOutcome | None:
+        """None if the token is not valid (any more) for this email."""
         problem = password_problem(new_password)
         if problem:
             raise FieldErrors({"newPassword": problem})
         request_id = await self.registrations.redeem_token(token, RESET_PURPOSE)
         request = await self.registrations.get(request_id) if request_id else None
         if request is None or request.email.lower() != email.strip().lower():
-            return False
-        await self._set_password(request, new_password, keep=None)
-        return True
+            return None
+        return await self._set_password(request, new_password, keep=None)
 
     # --- settings ------------------------------------------------------------------------
 
     async def change_password(
         self, request: RegistrationRequest, session: Session, new_password: str
-    ) -> None:
+    ) -> MatrixOutcome:
         problem = password_problem(new_password)
         if problem:
             raise FieldErrors({"newPassword": problem})
-        await self._set_password(request, new_password, keep=session)
+        return await self._set_password(request, new_password, keep=session)
 
     async def _set_password(
         self, request: RegistrationRequest, password: str, keep: Session | None
-    ) -> None:
+    ) -> MatrixOutcome:
         await self.registrations.set_password_hash(request.id, await self.hasher.hash(password))
         await self.registrations.void_tokens(request.id, RESET_PURPOSE)
         await self.sessions.end_all_others(request.id, keep)
-        if request.state is State.ACTIVE and request.matrix_user_id:
-            try:
-                await self.synapse.set_password(
-                    request.matrix_user_id,
-                    password,
-                    self.config.web.logout_matrix_devices_on_password_change,
-                )
-            except (HomeserverUnavailable, ProvisioningRefused) as error:
-                log.error(
-                    "Could not set the Matrix password of %s: %s", request.matrix_user_id, error
-                )
+        return await self._on_matrix(
+            request,
+            "password",
+            lambda user_id: self.synapse.set_password(
+                user_id, password, self.config.web.logout_matrix_devices_on_password_change
+            ),
+        )
+
+    async def _on_matrix(
+        self,
+        request: RegistrationRequest,
+        what: str,
+        change: Callable[[str], Awaitable[None]],
+    ) -> MatrixOutcome:
+        """Make the change on the Matrix account, if there is one; say whether it took."""
+        if request.state is not State.ACTIVE or not request.matrix_user_id:
+            return MatrixOutcome.NO_ACCOUNT
+        try:
+            await change(request.matrix_user_id)
+        except (HomeserverUnavailable, ProvisioningRefused) as error:
+            log.error("Could not set the Matrix %s of %s: %s", what, request.matrix_user_id, error)
+            return MatrixOutcome.UNCHANGED
+        return MatrixOutcome.CHANGED
 
     async def set_language(self, request: RegistrationRequest, language: str) -> None:
         if language not in self.config.registration.languages:
@@ -211,7 +234,8 @@ class Accounts:
     async def confirm_email_change(
         self, request: RegistrationRequest, token: str
     ) -> tuple[str, str]:
-        """(status, current email): no-change-in-progress, invalid-token or new-email-confirmed."""
+        """(status, current email): no-change-in-progress, invalid-token, new-email-confirmed,
+        or matrix-unchanged (confirmed here, but the Matrix account kept the old email)."""
         if request.pending_email is None:
             return "no-change-in-progress", request.email
         redeemed = await self.registrations.redeem_token(token, EMAIL_CHANGE_PURPOSE)
@@ -223,17 +247,11 @@ class Accounts:
         assert changed is not None
         assert old_email is not None
         await self.mail.email_changed(changed, old_email)
-        if (
-            changed.state is State.ACTIVE
-            and changed.matrix_user_id
-            and self.config.homeserver.admin_token
-        ):
-            try:
-                await self.synapse.set_email(changed.matrix_user_id, changed.email)
-            except (HomeserverUnavailable, ProvisioningRefused) as error:
-                log.error(
-                    "Could not update the Matrix email of %s: %s", changed.matrix_user_id, error
-                )
+        outcome = await self._on_matrix(
+            changed, "email", lambda user_id: self.synapse.set_email(user_id, changed.email)
+        )
+        if outcome is MatrixOutcome.UNCHANGED:
+            return "matrix-unchanged", changed.email
         return "new-email-confirmed", changed.email
 
     async def start_2fa(self, request: RegistrationRequest) -> Enrolment:

@@ -48,6 +48,12 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_localpart(value: str) -> str:
+    if not LOCALPART_RE.match(value):
+        raise ValueError("must be a Matrix localpart (a-z, 0-9, ._=-/+)")
+    return value
+
+
 def _check_port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise ValueError("must be a TCP port between 1 and 65535")
@@ -60,9 +66,12 @@ class HomeserverConfig(Section):
     public_address: str | None = None
     registration_shared_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
+    # Without admin_token, Gatekeeper makes this server admin with the shared secret.
+    admin_user: str = "gatekeeper-admin"
     request_timeout: float = 30.0
 
     _address = field_validator("address")(_check_http_url)
+    _admin_user = field_validator("admin_user")(_check_localpart)
 
     @field_validator("public_address")
     @classmethod
@@ -95,13 +104,7 @@ class AppserviceConfig(Section):
     _address = field_validator("address")(_check_http_url)
 
     _port = field_validator("port")(_check_port)
-
-    @field_validator("bot_username")
-    @classmethod
-    def _localpart(cls, value: str) -> str:
-        if not LOCALPART_RE.match(value):
-            raise ValueError("must be a Matrix localpart (a-z, 0-9, ._=-/+)")
-        return value
+    _bot_username = field_validator("bot_username")(_check_localpart)
 
 
 class DatabaseConfig(Section):

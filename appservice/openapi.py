@@ -144,7 +144,11 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
     "/api/auth/request-password-reset": (200, EMPTY),
     "/api/auth/reset-password": (
         200,
-        _object(("status",), status=_one_of("success", "invalid-token")),
+        _object(
+            ("status",),
+            status=_one_of("success", "invalid-token", "matrix-unchanged"),
+            message=TEXT,
+        ),
     ),
     # Without a session the object is empty, hence nothing is required.
     "/api/user-info": (
@@ -165,8 +169,11 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
         200,
         _object(
             ("status", "email"),
-            status=_one_of("no-change-in-progress", "invalid-token", "new-email-confirmed"),
+            status=_one_of(
+                "no-change-in-progress", "invalid-token", "new-email-confirmed", "matrix-unchanged"
+            ),
             email=TEXT,
+            message=TEXT,
         ),
     ),
     "/api/user/settings/generate-temporary-2fa": (
@@ -176,7 +183,10 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
         ),
     ),
     "/api/user/settings/sensitive/change-email": (200, EMPTY),
-    "/api/user/settings/sensitive/change-password": (200, EMPTY),
+    "/api/user/settings/sensitive/change-password": (
+        200,
+        _object(("status",), status=_one_of("success", "matrix-unchanged"), message=TEXT),
+    ),
     "/api/user/settings/sensitive/2fa": (200, _object(("enabled",), enabled=FLAG)),
     "/api/auth/sign-up": (201, _object(("status", "userId"), status=STATE, userId=TEXT)),
     "/api/user/confirm-email": (

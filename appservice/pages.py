@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from appservice.accounts import Accounts, LoginStatus
+from appservice.accounts import Accounts, LoginStatus, MatrixOutcome
 from appservice.captcha import PROVIDERS
 from appservice.config import AntibotConfig, Config
 from appservice.i18n import Catalogue
@@ -456,7 +456,7 @@ class Pages:
         token, email = str(form.get("token", "")), str(form.get("email", ""))
         lang = self.language(request)
         try:
-            done = await self.accounts.reset_password(
+            outcome = await self.accounts.reset_password(
                 email, token, str(form.get("newPassword", ""))
             )
         except FieldErrors as error:
@@ -471,7 +471,7 @@ class Pages:
                 message="",
                 kind="info",
             )
-        if not done:
+        if outcome is None:
             return self.render(
                 request,
                 "reset.html",
@@ -483,10 +483,13 @@ class Pages:
                 message=self.catalogue.text(lang, "page.reset.invalid"),
                 kind="error",
             )
+        done = (
+            "matrix.password_unchanged" if outcome is MatrixOutcome.UNCHANGED else "page.reset.done"
+        )
         return self.message(
             request,
             "page.reset.title",
-            self.catalogue.text(lang, "page.reset.done"),
+            self.catalogue.text(lang, done),
             link=("/login", self.catalogue.text(lang, "page.login.title")),
         )
 
@@ -572,11 +575,15 @@ class Pages:
         session, account = await self._account(request)
         self._needs_sudo(request, session)
         try:
-            await self.accounts.change_password(
+            outcome = await self.accounts.change_password(
                 account, session, str((await request.post()).get("newPassword", ""))
             )
         except FieldErrors as error:
             return await self.settings(request, errors=error.errors, status=422)
+        if outcome is MatrixOutcome.UNCHANGED:
+            return await self.settings(
+                request, message_key="matrix.password_unchanged", kind="error"
+            )
         return await self.settings(request, message_key="page.settings.password_done")
 
     async def start_2fa(self, request: web.Request) -> web.Response:
@@ -609,11 +616,10 @@ class Pages:
         token = str((await request.post()).get("token", ""))
         status, email = await self.accounts.confirm_email_change(account, token)
         lang = self.language(request, account.language)
-        key = (
-            "page.email_change.done"
-            if status == "new-email-confirmed"
-            else "page.email_change.invalid"
-        )
+        key = {
+            "new-email-confirmed": "page.email_change.done",
+            "matrix-unchanged": "matrix.email_unchanged",
+        }.get(status, "page.email_change.invalid")
         return self.message(
             request, "page.email_change.title", self.catalogue.text(lang, key, email=email)
         )

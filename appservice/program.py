@@ -35,7 +35,7 @@ from appservice.ratelimit import Lockout, RateLimiter
 from appservice.registrations import Registrations
 from appservice.sessions import Sessions
 from appservice.signup import SignUps
-from appservice.state import BotState, TransactionLog
+from appservice.state import BotState, SealedState, TransactionLog
 from appservice.synapse_admin import SynapseAdmin
 from appservice.timeutil import now_ms
 from appservice.totp import TotpStore
@@ -156,7 +156,11 @@ class Gatekeeper:
             mailer=mailer,
             mail=mail,
             decisions=Decisions(config.registration, registrations, mail),
-            synapse=SynapseAdmin(config.homeserver, config.appservice.as_token.get_secret_value()),
+            synapse=SynapseAdmin(
+                config.homeserver,
+                config.appservice.as_token.get_secret_value(),
+                SealedState(BotState(db), box),
+            ),
             gate=Gate(db, config.registration, BotState(db)),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from mautrix.util.async_db import Database
 
+from appservice.crypto import SecretBox, TamperedSecret
 from appservice.timeutil import now_ms
+
+log = logging.getLogger("gatekeeper.state")
 
 ADMIN_ROOM_ID = "admin_room_id"
 
@@ -24,6 +29,28 @@ class BotState:
             key,
             value,
         )
+
+
+class SealedState:
+    """BotState values kept encrypted: secrets Gatekeeper obtained itself (a token)."""
+
+    def __init__(self, state: BotState, box: SecretBox) -> None:
+        self.state = state
+        self.box = box
+
+    async def get(self, key: str) -> str | None:
+        sealed = await self.state.get(key)
+        if sealed is None:
+            return None
+        try:
+            return self.box.decrypt(sealed)
+        except TamperedSecret:
+            # Its key was removed or the row altered: the owner obtains a new one.
+            log.warning("The stored %s cannot be decrypted; it will be replaced", key.split()[0])
+            return None
+
+    async def set(self, key: str, value: str) -> None:
+        await self.state.set(key, self.box.encrypt(value))
 
 
 # Synapse retries a transaction for minutes to hours; a day covers every retry.

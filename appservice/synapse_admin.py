@@ -2,10 +2,16 @@
 
 It speaks the admin API with an admin token, else shared-secret registration, and turns
 every answer into a value or into one of three exceptions: retry later, refused, taken.
+
+Changing a password or an email needs the admin API. Without a configured admin token,
+the shared secret (which can make server admins anyway) registers Gatekeeper's own admin
+user, `homeserver.admin_user`; its token is kept encrypted and renewed when Synapse
+answers 401.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -13,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +34,10 @@ _LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
 _GUEST_LOCALPART_RE = re.compile(r"^\d+$")
 _MAX_USER_ID_LENGTH = 255
 _DEVICE_NAME = "Gatekeeper password check"
+# One device for every login of the admin user, so that renewals do not pile devices up.
+_ADMIN_DEVICE_ID = "GATEKEEPER_ADMIN"
+_ADMIN_DEVICE_NAME = "Gatekeeper (password and email changes)"
+ADMIN_TOKEN_STATE_KEY = "synapse_admin_token"  # noqa: S105 (a key name)
 
 
 class HomeserverUnavailable(Exception):
@@ -87,10 +97,20 @@ def _path_part(value: str) -> str:
     return quote(value, safe="")
 
 
+class SecretStore(Protocol):
+    """Where the admin user's token is kept between restarts (encrypted: state.SealedState)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None: ...
+
+
 class SynapseAdmin:
     """One HTTP session to the homeserver; `start` before use, `close` after."""
 
-    def __init__(self, config: HomeserverConfig, as_token: str) -> None:
+    def __init__(
+        self, config: HomeserverConfig, as_token: str, secret_store: SecretStore | None = None
+    ) -> None:
         self.config = config
         self._as_token = as_token
         self._admin_token = (
@@ -104,6 +124,9 @@ class SynapseAdmin:
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._bot_user_id: str | None = None
+        self._secret_store = secret_store
+        self._admin_user_token: str | None = None
+        self._own_admin_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self._session is None:
@@ -117,9 +140,16 @@ class SynapseAdmin:
     def user_id(self, localpart: str) -> str:
         return f"@{localpart}:{self.config.domain}"
 
+    @property
+    def admin_user_id(self) -> str:
+        return self.user_id(self.config.admin_user)
+
     # --- usernames -------------------------------------------------------------------------
 
     async def username_available(self, localpart: str) -> Availability:
+        if localpart == self.config.admin_user:
+            # Gatekeeper's own admin user, whether or not it exists yet.
+            return Availability.RESERVED
         if self._admin_token is not None:
             # Authoritative, whatever enable_registration or inhibit_user_in_use_error say.
             answer = await self._request(
@@ -253,34 +283,42 @@ class SynapseAdmin:
     async def _create_with_shared_secret(
         self, localpart: str, password: str, displayname: str | None
     ) -> str:
-        assert self._shared_secret is not None
-        endpoint = "/_synapse/admin/v1/register"
-        what = "getting a registration nonce"
-        answer = await self._request("GET", endpoint, what=what)
-        if answer.status != 200 or "nonce" not in answer.body:
-            raise answer.refused(what)
-        nonce = str(answer.body["nonce"])
-        signed = "\x00".join((nonce, localpart, password, "notadmin"))
-        mac = hmac.new(self._shared_secret.encode(), signed.encode(), hashlib.sha1).hexdigest()
-        body: dict[str, Any] = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password,
-            "admin": False,
-            "mac": mac,
-            # No device and access token: Gatekeeper never acts as the user.
-            "inhibit_login": True,
-        }
-        if displayname is not None:
-            body["displayname"] = displayname
         user_id = self.user_id(localpart)
         what = f"registering {user_id} (shared secret)"
-        answer = await self._request("POST", endpoint, json_body=body, what=what)
+        # No device and access token: Gatekeeper never acts as the user.
+        answer = await self._register_with_shared_secret(
+            localpart, password, displayname, admin=False, what=what
+        )
         if answer.status == 200:
             log.info("Created %s by shared-secret registration", user_id)
             return str(answer.body.get("user_id", user_id))
         if answer.status == 400 and answer.errcode == "M_USER_IN_USE":
             return await self._accept_if_ours(user_id, password)
+        raise answer.refused(what)
+
+    async def _register_with_shared_secret(
+        self, localpart: str, password: str, displayname: str | None, *, admin: bool, what: str
+    ) -> _Answer:
+        """`/_synapse/admin/v1/register`; an admin gets a device and token, a user none."""
+        assert self._shared_secret is not None
+        endpoint = "/_synapse/admin/v1/register"
+        nonce_answer = await self._request("GET", endpoint, what="getting a registration nonce")
+        if nonce_answer.status != 200 or "nonce" not in nonce_answer.body:
+            raise nonce_answer.refused("getting a registration nonce")
+        nonce = str(nonce_answer.body["nonce"])
+        signed = "\x00".join((nonce, localpart, password, "admin" if admin else "notadmin"))
+        mac = hmac.new(self._shared_secret.encode(), signed.encode(), hashlib.sha1).hexdigest()
+        body: dict[str, Any] = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password,
+            "admin": admin,
+            "mac": mac,
+            "inhibit_login": not admin,
+        }
+        if displayname is not None:
+            body["displayname"] = displayname
+        answer = await self._request("POST", endpoint, json_body=body, what=what)
         if answer.status == 403:
             raise ProvisioningRefused(
                 answer.errcode,
@@ -288,7 +326,7 @@ class SynapseAdmin:
                 "homeserver.registration_shared_secret",
                 403,
             )
-        raise answer.refused(what)
+        return answer
 
     async def _accept_if_ours(self, user_id: str, password: str) -> str:
         if await self._is_ours(user_id, password):
@@ -376,18 +414,86 @@ class SynapseAdmin:
     async def _admin_call(
         self, task: str, what: str, method: str, path: str, body: dict[str, Any]
     ) -> None:
-        """One admin-API call that needs the admin token and must answer 200."""
-        token = self._require_admin_token(task)
+        """One admin-API call that needs an admin's token and must answer 200."""
+        token = await self._admin_token_for(task)
         answer = await self._request(method, path, token=token, json_body=body, what=what)
+        if answer.status == 401 and self._admin_token is None:
+            # Our admin user's session ended (logged out, device deleted): log in again.
+            token = await self._own_admin_token(stale=token)
+            answer = await self._request(method, path, token=token, json_body=body, what=what)
         if answer.status != 200:
             raise answer.refused(what)
 
-    def _require_admin_token(self, task: str) -> str:
-        if self._admin_token is None:
+    async def _admin_token_for(self, task: str) -> str:
+        """The configured admin token, else the token of Gatekeeper's own admin user."""
+        if self._admin_token is not None:
+            return self._admin_token
+        if self._shared_secret is None:
+            raise self._not_configured(task)
+        return await self._own_admin_token()
+
+    async def _own_admin_token(self, stale: str | None = None) -> str:
+        """The admin user's token: remembered, else stored, else from a new login.
+
+        `stale` is a token Synapse has just refused; it is never handed out again."""
+        async with self._own_admin_lock:
+            token = self._admin_user_token
+            if token is None or token == stale:
+                key = f"{ADMIN_TOKEN_STATE_KEY} {self.admin_user_id}"
+                stored = await self._secret_store.get(key) if self._secret_store else None
+                # Another worker may have logged in again already; else this one does.
+                if stored is not None and stored != stale:
+                    token = stored
+                else:
+                    token = await self._log_in_own_admin()
+                    if self._secret_store is not None:
+                        await self._secret_store.set(key, token)
+                self._admin_user_token = token
+            return token
+
+    def admin_user_password(self) -> str:
+        """The admin user's password, derived from the shared secret: nothing more to keep,
+        and no weaker than that secret, which can make server admins anyway."""
+        assert self._shared_secret is not None
+        message = f"gatekeeper admin user\x00{self.admin_user_id}".encode()
+        return hmac.new(self._shared_secret.encode(), message, hashlib.sha256).hexdigest()
+
+    async def _log_in_own_admin(self) -> str:
+        user_id = self.admin_user_id
+        what = f"logging in as {user_id}"
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": self.admin_user_password(),
+            "device_id": _ADMIN_DEVICE_ID,
+            "initial_device_display_name": _ADMIN_DEVICE_NAME,
+        }
+        answer = await self._request("POST", "/_matrix/client/v3/login", json_body=body, what=what)
+        if answer.status == 200 and "access_token" in answer.body:
+            return str(answer.body["access_token"])
+        if answer.status != 403:
+            raise answer.refused(what)
+        # M_FORBIDDEN: no such user yet (or not ours, which registering finds out).
+        what = f"registering {user_id}, Gatekeeper's server admin (shared secret)"
+        answer = await self._register_with_shared_secret(
+            self.config.admin_user,
+            self.admin_user_password(),
+            "Gatekeeper",
+            admin=True,
+            what=what,
+        )
+        if answer.status == 200 and "access_token" in answer.body:
+            log.info("Registered %s as Gatekeeper's server admin", user_id)
+            return str(answer.body["access_token"])
+        if answer.status == 400 and answer.errcode == "M_USER_IN_USE":
             raise ProvisioningRefused(
-                NOT_CONFIGURED, f"to {task}, set homeserver.admin_token (a Synapse admin's token)"
+                "GK_ADMIN_USER",
+                f"{what}: {user_id} exists but does not open with the password derived from "
+                "homeserver.registration_shared_secret; set homeserver.admin_user to an unused "
+                "name, or set homeserver.admin_token",
+                400,
             )
-        return self._admin_token
+        raise answer.refused(what)
 
     def _not_configured(self, task: str) -> ProvisioningRefused:
         return ProvisioningRefused(

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.accounts import Accounts, LoginStatus
+from appservice.accounts import Accounts, LoginStatus, MatrixOutcome
 from appservice.registrations import State
 from appservice.sessions import Session, Sessions
 from appservice.web_common import ApiError, flag_field, json_body, text_field
@@ -107,13 +107,25 @@ class AccountApi:
         return web.json_response({})
 
     async def reset_password(self, request: web.Request) -> web.Response:
-        """`{"email", "token", "newPassword"}` → `{"status": "success" | "invalid-token"}`.
-        It never logs anyone in."""
+        """`{"email", "token", "newPassword"}` → `{"status": "success" | "invalid-token" |
+        "matrix-unchanged", "message"?}`. It never logs anyone in."""
         body = await json_body(request)
-        done = await self.accounts.reset_password(
+        outcome = await self.accounts.reset_password(
             text_field(body, "email"), text_field(body, "token"), text_field(body, "newPassword")
         )
-        return web.json_response({"status": "success" if done else "invalid-token"})
+        if outcome is None:
+            return web.json_response({"status": "invalid-token"})
+        return web.json_response(self._password_answer(outcome))
+
+    def _password_answer(self, outcome: MatrixOutcome) -> dict[str, str]:
+        if outcome is MatrixOutcome.UNCHANGED:
+            return self._matrix_unchanged("matrix.password_unchanged")
+        return {"status": "success"}
+
+    def _matrix_unchanged(self, key: str, **params: str) -> dict[str, str]:
+        """Changed here but not on Matrix: said plainly, in the API's language (English)."""
+        text = self.accounts.mail.catalogue.text("en", key, **params)
+        return {"status": "matrix-unchanged", "message": text}
 
     async def user_info(self, request: web.Request) -> web.Response:
         """`GET /api/user-info` → `{roles, emailVerified, language, status, userId?}`;
@@ -157,11 +169,15 @@ class AccountApi:
 
     async def confirm_email_change(self, request: web.Request) -> web.Response:
         """`{"token"}` → `{"status": "no-change-in-progress" | "invalid-token" |
-        "new-email-confirmed", "email"}`"""
+        "new-email-confirmed" | "matrix-unchanged", "email", "message"?}`"""
         body = await json_body(request)
         status, email = await self.accounts.confirm_email_change(
             request[ACCOUNT_KEY], text_field(body, "token")
         )
+        if status == "matrix-unchanged":
+            return web.json_response(
+                {**self._matrix_unchanged("matrix.email_unchanged", email=email), "email": email}
+            )
         return web.json_response({"status": status, "email": email})
 
     async def generate_temporary_2fa(self, request: web.Request) -> web.Response:
@@ -184,12 +200,13 @@ class AccountApi:
         return web.json_response({})
 
     async def change_password(self, request: web.Request) -> web.Response:
-        """`{"newPassword"}` → `{}`; every other session and remembered device ends."""
+        """`{"newPassword"}` → `{"status": "success" | "matrix-unchanged", "message"?}`;
+        every other session and remembered device ends."""
         body = await json_body(request)
-        await self.accounts.change_password(
+        outcome = await self.accounts.change_password(
             request[ACCOUNT_KEY], request[SESSION_KEY], text_field(body, "newPassword")
         )
-        return web.json_response({})
+        return web.json_response(self._password_answer(outcome))
 
     async def second_factor(self, request: web.Request) -> web.Response:
         """`{"enable": true, "secondFactor": "123456"}` or `{"enable": false}` → `{"enabled"}`"""

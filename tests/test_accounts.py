@@ -142,7 +142,10 @@ async def test_change_password_ends_other_sessions_and_sets_matrix_password(
         await client.post("/api/user/settings/sudo", {"password": bo.password})
         status, body = await client.post(path, {"newPassword": "password1"})
         assert (status, body["field"]) == (422, "newPassword")  # common passwords refused
-        assert await client.post(path, {"newPassword": NEW_PASSWORD}) == (200, {})
+        assert await client.post(path, {"newPassword": NEW_PASSWORD}) == (
+            200,
+            {"status": "success"},
+        )
         assert (await client.get("/api/user-info"))[1]["status"] == "active"  # kept
     assert await other.get("/api/user-info") == (200, {})
     await other.session.close()

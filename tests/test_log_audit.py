@@ -21,6 +21,8 @@ import pytest
 from mautrix.types import PaginationDirection, RoomID
 
 from appservice.program import Gatekeeper
+from appservice.state import BotState, SealedState
+from appservice.synapse_admin import ADMIN_TOKEN_STATE_KEY
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (
@@ -199,24 +201,39 @@ async def run_main_flows(
     return room_id
 
 
+@pytest.mark.parametrize("homeserver_access", ["admin_token", "shared_secret_only"])
 async def test_no_secret_in_any_log_or_admin_message(
     start_gatekeeper: StartGatekeeper,
     synapse: Homeserver,
     alice: MatrixUser,
     smtp: MailCatcher,
     every_log_record: Capture,
+    homeserver_access: str,
 ) -> None:
-    server_admin = await synapse.server.register_user(
-        f"log-audit-admin-{int(time.time() * 1000)}", "server admin password 9", admin=True
-    )
-    # The admin token makes Gatekeeper set Matrix passwords too: more secrets on the wire.
-    gatekeeper = await start_gatekeeper(homeserver={"admin_token": server_admin["access_token"]})
+    if homeserver_access == "admin_token":
+        server_admin = await synapse.server.register_user(
+            f"log-audit-admin-{int(time.time() * 1000)}", "server admin password 9", admin=True
+        )
+        # The admin token makes Gatekeeper set Matrix passwords too: more secrets on the wire.
+        gatekeeper = await start_gatekeeper(
+            homeserver={"admin_token": server_admin["access_token"]}
+        )
+    else:
+        # Gatekeeper makes its own admin user: its password and token are secrets too.
+        gatekeeper = await start_gatekeeper()
     secrets = Secrets()
     secrets.add(*gatekeeper.config.secrets(), synapse.server.shared_secret)
     ivo = new_applicant("ivo")
 
     room_id = await run_main_flows(gatekeeper, ivo, alice, smtp, synapse, secrets)
     await wait_until(lambda: no_unsent_mail(gatekeeper))
+    if homeserver_access == "shared_secret_only":
+        sealed = SealedState(BotState(gatekeeper.db), gatekeeper.started.box)
+        admin_user_token = await sealed.get(
+            f"{ADMIN_TOKEN_STATE_KEY} {gatekeeper.synapse.admin_user_id}"
+        )
+        assert admin_user_token is not None  # the flows used it
+        secrets.add(admin_user_token, gatekeeper.synapse.admin_user_password())
 
     # The capture saw the flows at DEBUG, from us and from the libraries underneath.
     debug_from = {r.name for r in every_log_record.records if r.levelno == logging.DEBUG}

@@ -228,6 +228,50 @@ async def test_without_any_secret_accounts_cannot_be_made(synapse: Homeserver) -
             assert raised.value.errcode == "GK_NOT_CONFIGURED"
 
 
+async def test_shared_secret_alone_changes_passwords_and_emails(
+    shared_secret_client: SynapseAdmin, synapse: Homeserver, admin_token: str
+) -> None:
+    """Through Gatekeeper's own admin user, registered with the shared secret."""
+    client = shared_secret_client
+    localpart, password, changed = fresh_localpart(), fresh_password(), fresh_password()
+    user_id = await client.create_account(localpart, password, None, None)
+    await client.set_password(user_id, changed, logout_devices=False)
+    assert await client.login_works(user_id, changed)
+    assert not await client.login_works(user_id, password)
+    await client.set_email(user_id, f"{localpart}@example.org")
+    status, body = await call(
+        synapse, "GET", f"/_synapse/admin/v2/users/{quoted(user_id)}", admin_token
+    )
+    assert [t["address"] for t in body["threepids"]] == [f"{localpart}@example.org"]
+    status, body = await call(
+        synapse, "GET", f"/_synapse/admin/v2/users/{quoted(client.admin_user_id)}", admin_token
+    )
+    assert (status, body["admin"]) == (200, True)
+
+
+async def test_the_admin_users_name_is_reserved(client: SynapseAdmin) -> None:
+    assert await client.username_available("gatekeeper-admin") is Availability.RESERVED
+
+
+async def test_an_admin_user_that_is_not_ours_is_refused_plainly(synapse: Homeserver) -> None:
+    """Someone else holds the name: its password is not the one the shared secret gives."""
+    taken = fresh_localpart("not-our-admin")
+    await synapse.server.register_user(taken, "someone else's password 1")
+    config = HomeserverConfig(
+        address=synapse.url,
+        domain=SERVER_NAME,
+        registration_shared_secret=SecretStr(synapse.server.shared_secret),
+        admin_user=taken,
+    )
+    async with started(config) as client:
+        with pytest.raises(ProvisioningRefused) as raised:
+            await client.set_password(synapse.user_id("alice"), fresh_password(), False)
+        assert raised.value.errcode == "GK_ADMIN_USER"
+        assert "homeserver.admin_user" in str(raised.value)
+        for secret in (synapse.server.shared_secret, client.admin_user_password()):
+            assert secret not in str(raised.value)
+
+
 # --- creating accounts: admin token --------------------------------------------------------
 
 
