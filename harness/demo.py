@@ -1,35 +1,41 @@
 """`make demo`: a throwaway Synapse and Gatekeeper on SQLite under .demo/, until Ctrl-C.
 
 A second run reuses .demo/ (same accounts, same room). Delete the folder to start afresh.
+Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop both; a Synapse that a killed demo
+left behind is stopped by the next run. GATEKEEPER_DEMO_DIR puts the folder elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
 import subprocess
 import sys
+import time
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from ruamel.yaml import YAML
 
 from appservice.registration import generate_registration
 from harness.matrix_user import MatrixUser
-from harness.net import free_port, port_is_free
+from harness.net import command_line, free_port, listening_pid, parent_pid, port_is_free
 from harness.synapse import SynapseError, SynapseServer, SynapseSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
+DEMO = Path(os.environ.get("GATEKEEPER_DEMO_DIR") or ROOT / ".demo").resolve()
 SERVER_NAME = "localhost"
 ADMIN = "admin"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 PORT_NAMES = ("synapse", "appservice", "web", "smtp")
@@ -46,10 +52,55 @@ def _ports() -> dict[str, int]:
     ports = dict(zip(PORT_NAMES, (int(p) for p in saved), strict=True))
     for name, port in ports.items():
         if not port_is_free(port):
-            raise SystemExit(
-                f"demo: the {name} port {port} is in use: is another `make demo` running?"
-            )
+            raise SystemExit(f"demo: the {name} port {port} is in use {_holder(port)}")
     return ports
+
+
+def _holder(port: int) -> str:
+    pid = listening_pid(port)
+    if pid is None:
+        return (
+            "by a process this user cannot see (`sudo ss -ltnp` names it); "
+            "is another `make demo` running?"
+        )
+    return f"by PID {pid} ({(command_line(pid) or '?')[:120]}); stop it, or delete {DEMO}/ports"
+
+
+def _is_demo_synapse(pid: int, settings: SynapseSettings) -> bool:
+    """The process is a Synapse running on this demo's config (not a reused PID)."""
+    args = command_line(pid) or ""
+    return "synapse.app.homeserver" in args and str(settings.config_file) in args
+
+
+async def stop_stale_synapse(directory: Path) -> None:
+    """Stop the demo's Synapse that an earlier run left behind (its pid file is still there).
+
+    A Synapse whose parent is a live demo belongs to a demo still running: not stale."""
+    settings = SynapseSettings(directory, SERVER_NAME, port=0)  # only its paths are used
+    try:
+        pid = int(settings.pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not _is_demo_synapse(pid, settings):
+        settings.pid_file.unlink(missing_ok=True)  # that process is gone; the PID may be reused
+        return
+    parent = parent_pid(pid)
+    if parent is not None and "harness.demo" in (command_line(parent) or ""):
+        raise SystemExit(f"demo: another `make demo` is running (PID {parent}); stop it first")
+    _say(f"demo: stopping the Synapse (PID {pid}) that an earlier demo left running …")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _is_demo_synapse(pid, settings):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.1)
+    settings.pid_file.unlink(missing_ok=True)
+
+
+def _say(text: str, error: bool = False) -> None:
+    """Print, unless the terminal is gone (after SIGHUP a write fails with EIO)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def _read_or_create(path: Path, make: object) -> str:
@@ -71,7 +122,7 @@ class PrintMail:
             f"\n--- mail to {message['To']}: {message['Subject']}\n"
             f"{message.get_content().strip()}\n---\n"
         )
-        print(text, flush=True)
+        _say(text)
         with self.log_path.open("a") as log:
             log.write(text)
         return "250 OK"
@@ -118,8 +169,33 @@ async def _admin_room(admin: MatrixUser, gatekeeper: subprocess.Popen[bytes]) ->
     return str(room_id)
 
 
+async def _wait_for_web(web_url: str, gatekeeper: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        while gatekeeper.poll() is None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{web_url}/sign-up") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise SystemExit("Gatekeeper stopped; see .demo/gatekeeper/gatekeeper.log")
+
+
 async def main() -> int:
+    # Every stop signal, from the start: whatever has started by then is stopped again.
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        return await _run()
+    except asyncio.CancelledError:
+        return 0
+
+
+async def _run() -> int:
     DEMO.mkdir(exist_ok=True)
+    await stop_stale_synapse(DEMO / "synapse")
     ports = _ports()
     synapse_url = f"http://127.0.0.1:{ports['synapse']}"
     registration = DEMO / "gatekeeper" / "registration.yaml"
@@ -130,17 +206,17 @@ async def main() -> int:
     mail = Controller(PrintMail(DEMO / "mail.log"), hostname="127.0.0.1", port=ports["smtp"])
     mail.start()
     password = _read_or_create(DEMO / "admin-password", lambda: secrets.token_urlsafe(12))
-    print(f"Starting Synapse on {synapse_url} …", flush=True)
-    try:
-        await synapse.start()
-    except SynapseError as error:
-        print(f"demo: {error}", file=sys.stderr)
-        return 1
     gatekeeper: subprocess.Popen[bytes] | None = None
     try:
+        _say(f"Starting Synapse on {synapse_url} …")
+        try:
+            await synapse.start()
+        except SynapseError as error:
+            _say(f"demo: {error}", error=True)
+            return 1
         with contextlib.suppress(SynapseError):  # already there on a second run
             await synapse.register_user(ADMIN, password, admin=True)
-        print("Starting Gatekeeper …", flush=True)
+        _say("Starting Gatekeeper …")
         with (config_path.parent / "gatekeeper.log").open("ab") as log_file:
             gatekeeper = subprocess.Popen(
                 [sys.executable, "-m", "appservice", "-c", str(config_path)],
@@ -151,7 +227,9 @@ async def main() -> int:
         room_id = await _admin_room(admin, gatekeeper)
         web_url = f"http://127.0.0.1:{ports['web']}"
         await admin.close()
-        print(
+        # On a second run the room is known at once, before Gatekeeper's web is up.
+        await _wait_for_web(web_url, gatekeeper)
+        _say(
             "\nGatekeeper demo is running. Open any Matrix client (e.g. app.element.io does not"
             " reach loopback; use a desktop client) and sign in:\n"
             f"  homeserver URL : {synapse_url}\n"
@@ -161,28 +239,25 @@ async def main() -> int:
             f"Sign-up page   : {web_url}/sign-up  (log in at {web_url}/login)\n"
             "Mails (confirmation links) are shown here and kept in .demo/mail.log.\n"
             f"Logs: {DEMO}/synapse/homeserver.log, {config_path.parent}/gatekeeper.log\n"
-            "Press Ctrl-C to stop both.",
-            flush=True,
+            "Press Ctrl-C (or close the terminal) to stop both.",
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        while not stop.is_set() and gatekeeper.poll() is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1)
-        if gatekeeper.poll() is not None:
-            print("Gatekeeper stopped by itself; see its log.", file=sys.stderr)
-            return 1
-        return 0
+        await asyncio.to_thread(gatekeeper.wait)
+        _say("Gatekeeper stopped by itself; see its log.", error=True)
+        return 1
     finally:
-        print("\nStopping …", flush=True)
+        # A second signal must not cut the clean-up short.
+        for signum in STOP_SIGNALS:
+            asyncio.get_running_loop().add_signal_handler(signum, lambda: None)
+        _say("\nStopping …")
         if gatekeeper is not None and gatekeeper.poll() is None:
             gatekeeper.terminate()
-            gatekeeper.wait(30)
+            try:
+                await asyncio.to_thread(gatekeeper.wait, 30)
+            except subprocess.TimeoutExpired:
+                gatekeeper.kill()
         await synapse.stop()
         mail.stop()
-        print("Stopped.")
+        _say("Stopped.")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ class SynapseSettings:
     def config_file(self) -> Path:
         return self.directory / "homeserver.yaml"
 
+    @property
+    def pid_file(self) -> Path:
+        """Written while the process runs: a later run finds a Synapse left behind by it."""
+        return self.directory / "homeserver.pid"
+
 
 def write_config(settings: SynapseSettings) -> str:
     """Write homeserver.yaml (once) and its keys; return the registration shared secret."""
@@ -72,7 +77,7 @@ def write_config(settings: SynapseSettings) -> str:
     config: dict[str, Any] = {
         "server_name": settings.server_name,
         "public_baseurl": settings.url + "/",
-        "pid_file": str(directory / "homeserver.pid"),
+        "pid_file": str(settings.pid_file),
         "listeners": [
             {
                 "port": settings.port,
@@ -146,6 +151,8 @@ class SynapseServer:
             stderr=subprocess.STDOUT,
         )
         log_file.close()
+        # Synapse writes its pid file only when it daemonizes; this one is in the foreground.
+        self.settings.pid_file.write_text(f"{self.process.pid}\n")
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -166,14 +173,16 @@ class SynapseServer:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+        self.settings.pid_file.unlink(missing_ok=True)
 
     async def register_user(
         self, localpart: str, password: str, *, admin: bool = False
