@@ -168,6 +168,7 @@ class WebConfig(Section):
     support_contact: str | None = None
     terms_url: str | None = None
     trusted_proxies: list[str] = []
+    receive_timeout_seconds: float = 30.0
 
     _port = field_validator("port")(_check_port)
 
@@ -221,6 +222,13 @@ class WebConfig(Section):
     def _positive_duration(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("receive_timeout_seconds")
+    @classmethod
+    def _at_most_10_minutes_to_arrive(cls, value: float) -> float:
+        if not 0 < value <= 600:
+            raise ValueError("must be more than 0 and at most 600 seconds")
         return value
 
     @property

@@ -239,7 +239,11 @@ class Gatekeeper:
         # Against PostgreSQL several processes may share the port; with SQLite a second
         # process must fail to bind rather than write the same file.
         shared = not config.database.url.startswith("sqlite:")
-        self.web_runner = web.AppRunner(app, access_log=None)
+        # aiohttp's keep-alive timer also runs until a connection's first request head is
+        # whole, so it bounds how long a head may take to arrive (bodies: web_security).
+        self.web_runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=config.web.receive_timeout_seconds
+        )
         await self.web_runner.setup()
         await web.TCPSite(
             self.web_runner, config.web.hostname, config.web.port, reuse_port=shared

@@ -37,6 +37,7 @@ from appservice.signup import (
 from appservice.synapse_admin import HomeserverUnavailable
 from appservice.web_account import AccountApi
 from appservice.web_common import MAX_BODY_BYTES, ApiError, json_body, text_field
+from appservice.web_security import receive_deadline
 
 log = logging.getLogger("gatekeeper.web")
 
@@ -340,6 +341,7 @@ def create_web_app(
             errors_as_json,
             admin_token_middleware(api.config),
             pages.errors_as_pages,
+            receive_deadline(api.config.web.receive_timeout_seconds),
             security,
         ],
     )

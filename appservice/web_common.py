@@ -33,6 +33,10 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def too_large() -> ApiError:
+    return ApiError(413, "GK_TOO_LARGE", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+
+
 def too_deep() -> ApiError:
     return ApiError(
         400,
@@ -90,9 +94,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(
-            413, "GK_TOO_LARGE", f"The body is larger than {MAX_BODY_BYTES} bytes."
-        ) from None
+        raise too_large() from None
     except ValueError:
         raise ApiError(400, "GK_NOT_JSON", "The body must be a JSON object.") from None
     except RecursionError:  # json's parser recurses once per level

@@ -8,6 +8,7 @@ the token is HMAC-signed and bound to the session (or to "anonymous" before logi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -15,13 +16,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from appservice.accounts import LoginResult
 from appservice.config import Config
 from appservice.registrations import RegistrationRequest
 from appservice.sessions import Session, Sessions
-from appservice.web_common import ApiError, storable, unstorable_text
+from appservice.web_common import (
+    MAX_BODY_BYTES,
+    ApiError,
+    storable,
+    too_large,
+    unstorable_text,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -128,6 +136,42 @@ async def form_fields(
         return await request.post()
     except ValueError:  # no or a wrong multipart boundary, text not in its charset
         raise ApiError(400, "GK_NOT_FORM", "The body is not a readable form.") from None
+
+
+def receive_deadline(seconds: float) -> Any:
+    """A body must arrive whole within `seconds` of its request's head, or the answer is 408
+    (aiohttp bounds the head itself: its keep-alive timeout, set in program.py). Read here
+    once, the body stays cached for the handler; one declared too large is refused unread."""
+
+    @web.middleware
+    async def receive_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                raise too_large()
+            try:
+                async with asyncio.timeout(seconds):
+                    await _receive_body(request)
+            except TimeoutError:
+                raise ApiError(
+                    408, "GK_TOO_SLOW", f"The request did not arrive within {seconds:g} s."
+                ) from None
+            except web.HTTPRequestEntityTooLarge:  # chunked, so its size was not declared
+                raise too_large() from None
+            except (ConnectionError, HttpProcessingError):
+                # The client hung up or broke off mid-body: nobody waits for an answer.
+                raise ApiError(
+                    400, "GK_INCOMPLETE", "The body ended before it was whole."
+                ) from None
+        return await handler(request)
+
+    return receive_in_time
+
+
+async def _receive_body(request: web.Request) -> None:
+    if request.content_type == "multipart/form-data":
+        await form_fields(request)  # parts are read from the stream, not from read()'s copy
+    else:
+        await request.read()
 
 
 async def refuse_unstorable_text(request: web.Request) -> None:

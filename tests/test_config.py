@@ -147,6 +147,15 @@ def test_bad_values(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("seconds", [0, -1, 601])
+def test_receive_timeout_is_bounded(tmp_path: Path, seconds: float) -> None:
+    data = example_data()
+    data["web"]["receive_timeout_seconds"] = seconds
+    assert problems(tmp_path, data) == [
+        "web.receive_timeout_seconds: must be more than 0 and at most 600 seconds"
+    ]
+
+
 def test_wrong_value_of_a_secret_is_not_echoed(tmp_path: Path) -> None:
     data = example_data()
     data["homeserver"]["admin_token"] = {"nested": SECRET}
