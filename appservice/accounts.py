@@ -227,6 +227,12 @@ class Accounts:
 
     async def change_email(self, request: RegistrationRequest, new_email: str) -> None:
         email = valid_email(new_email, "newEmail")
+        holder = await self.registrations.holder_of_email(email, other_than=request.id)
+        if holder is not None:
+            # An address belongs to one account: its owner hears of the try instead of
+            # getting a link, and the answer is the usual one (nobody learns who owns it).
+            await self.mail.email_in_use(holder, request.user_id(self.config.homeserver.domain))
+            return
         await self.registrations.set_pending_email(request.id, email)
         await self.registrations.void_tokens(request.id, EMAIL_CHANGE_PURPOSE)
         await self.mail.email_change(request, email)
@@ -242,10 +248,12 @@ class Accounts:
         if redeemed != request.id:
             return "invalid-token", request.email
         old_email = await self.registrations.adopt_pending_email(request.id)
+        if old_email is None:
+            # Someone else's request or account took the address meanwhile: change dropped.
+            return "no-change-in-progress", request.email
         await self.registrations.void_tokens(request.id, RESET_PURPOSE)
         changed = await self.registrations.get(request.id)
         assert changed is not None
-        assert old_email is not None
         await self.mail.email_changed(changed, old_email)
         outcome = await self._on_matrix(
             changed, "email", lambda user_id: self.synapse.set_email(user_id, changed.email)

@@ -7,6 +7,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 from appservice.config import Config
 from appservice.i18n import Catalogue
 from appservice.mailer import Mailer
+from appservice.ratelimit import RateLimiter
 from appservice.registrations import (
     CONFIRM_PURPOSE,
     EMAIL_CHANGE_PURPOSE,
@@ -14,6 +15,7 @@ from appservice.registrations import (
     STATUS_PURPOSE,
     RegistrationRequest,
     Registrations,
+    State,
 )
 
 CONFIRM_LINK_MS = 60 * 60 * 1000  # SECURITY.md: mail links live at most an hour
@@ -22,12 +24,18 @@ STATUS_LINK_MS = 30 * 24 * 60 * 60 * 1000
 
 class ApplicantMail:
     def __init__(
-        self, config: Config, registrations: Registrations, mailer: Mailer, catalogue: Catalogue
+        self,
+        config: Config,
+        registrations: Registrations,
+        mailer: Mailer,
+        catalogue: Catalogue,
+        limiter: RateLimiter,
     ) -> None:
         self.config = config
         self.registrations = registrations
         self.mailer = mailer
         self.catalogue = catalogue
+        self.limiter = limiter
 
     def user_id(self, request: RegistrationRequest) -> str:
         return request.user_id(self.config.homeserver.domain)
@@ -73,9 +81,11 @@ class ApplicantMail:
         path: str,
         link_param: str,
         to: str | None = None,
+        valid_ms: int = CONFIRM_LINK_MS,
+        **params: str,
     ) -> None:
         async with self.registrations.db.acquire() as conn, conn.transaction():
-            token = await self.registrations.issue_token(conn, request.id, purpose, CONFIRM_LINK_MS)
+            token = await self.registrations.issue_token(conn, request.id, purpose, valid_ms)
             await self._send(
                 conn,
                 request,
@@ -83,6 +93,7 @@ class ApplicantMail:
                 to,
                 **{link_param: f"{self.config.web.public_base_url}/{path}?token={token}"},
                 hours=str(CONFIRM_LINK_MS // 3_600_000),
+                **params,
             )
         self.mailer.wake()
 
@@ -90,6 +101,32 @@ class ApplicantMail:
         await self._with_link(
             request, "password_reset", RESET_PURPOSE, "reset-password", "reset_link"
         )
+
+    async def email_in_use(self, holder: RegistrationRequest, attempted_user_id: str) -> None:
+        """Tell the owner of an address that someone tried to use it for another account,
+        as often as the recipient's mail limit allows (a stranger causes this mail)."""
+        if not await self.limiter.recipient_may_get_mail(holder.email):
+            return
+        if holder.state is State.UNVERIFIED:
+            # Nothing to reset yet: the owner may look at the open request or withdraw it.
+            await self._with_link(
+                holder,
+                "email_in_use_unconfirmed",
+                STATUS_PURPOSE,
+                "status",
+                "status_link",
+                valid_ms=STATUS_LINK_MS,
+                attempted_user_id=attempted_user_id,
+            )
+        else:
+            await self._with_link(
+                holder,
+                "email_in_use",
+                RESET_PURPOSE,
+                "reset-password",
+                "reset_link",
+                attempted_user_id=attempted_user_id,
+            )
 
     async def email_change(self, request: RegistrationRequest, new_email: str) -> None:
         await self._with_link(

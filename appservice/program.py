@@ -147,7 +147,7 @@ class Gatekeeper:
         box = SecretBox(config.security)
         registrations = Registrations(db)
         mailer = Mailer(config.smtp, db, box)
-        mail = ApplicantMail(config, registrations, mailer, Catalogue())
+        mail = ApplicantMail(config, registrations, mailer, Catalogue(), RateLimiter(db))
         leadership = leadership_for(config.database, db)
         self.core = core = Core(
             db=db,

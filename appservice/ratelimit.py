@@ -106,6 +106,16 @@ class RateLimiter:
         if row["hits"] > limit.hits:
             raise RateLimited(_seconds_until(row["window_start"] + window_ms, now))
 
+    async def recipient_may_get_mail(self, email: str) -> bool:
+        """Count a mail to `email` that a stranger could cause; False: over its limit."""
+        key = recipient_key("mail", email)
+        try:
+            await self.hit(key, MAIL_PER_RECIPIENT)
+            await self.hit(f"{key}:day", MAIL_PER_RECIPIENT_PER_DAY)
+        except RateLimited:
+            return False
+        return True
+
 
 class Lockout:
     """Brute-force protection per account, after Keycloak's model.

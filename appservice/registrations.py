@@ -53,6 +53,9 @@ COLUMNS: dict[State, tuple[str, str]] = {
 }
 STATE_OF = {columns: state for state, columns in COLUMNS.items()}
 OPEN_STATES = (State.UNVERIFIED, State.PENDING)
+# A request whose status is unverified, pending or approved holds its wished name and its
+# email (LOWER(email)); a withdrawn, rejected or expired one frees both. The queries below
+# and the unique indexes of migrations 001 and 008 spell this out.
 # States in which a confirmed applicant or account holder may log in to the web pages.
 LOGIN_STATES = (State.PENDING, State.APPROVED, State.PROVISIONING, State.ACTIVE, State.FAILED)
 
@@ -176,6 +179,22 @@ class NewRequest:
 
 class NameAlreadyRequested(Exception):
     """Another live request holds this name (caught by the unique index under races)."""
+
+
+class EmailInUse(Exception):
+    """Another live request or account holds this email (`holder`, when still there)."""
+
+    def __init__(self, holder: RegistrationRequest | None) -> None:
+        super().__init__("the email belongs to another request")
+        self.holder = holder
+
+
+def initial_state(confirmed: bool, invited: bool) -> State:
+    """A new request's state: unverified until its email is confirmed, then pending, or
+    approved when an invite stands for the admins' approval."""
+    if not confirmed:
+        return State.UNVERIFIED
+    return State.APPROVED if invited else State.PENDING
 
 
 AfterCommit = Callable[[LoggingConnection, RegistrationRequest], Awaitable[None]]
@@ -336,12 +355,20 @@ class Registrations:
         )
 
     async def adopt_pending_email(self, request_id: str) -> str | None:
-        """Make the confirmed new address the request's email; returns the old one."""
+        """Make the confirmed new address the request's email; returns the old one.
+
+        None, and the change dropped, if another request or account took the new address
+        meanwhile: an email belongs to one of them at a time."""
         async with self.db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT email, pending_email FROM registration_request WHERE id=$1", request_id
             )
             if row is None or row["pending_email"] is None:
+                return None
+            if await self.holder_of_email(row["pending_email"], request_id, conn):
+                await conn.execute(
+                    "UPDATE registration_request SET pending_email=NULL WHERE id=$1", request_id
+                )
                 return None
             await conn.execute(
                 "UPDATE registration_request SET email=pending_email, pending_email=NULL"
@@ -357,6 +384,18 @@ class Registrations:
             localpart,
         )
         return row is not None
+
+    async def holder_of_email(
+        self, email: str, other_than: str = "", conn: LoggingConnection | None = None
+    ) -> RegistrationRequest | None:
+        """The live request or account that holds this email, if any."""
+        row = await (conn or self.db).fetchrow(
+            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"
+            " AND status IN ('unverified', 'pending', 'approved') AND id <> $2",
+            email.strip(),
+            other_than,
+        )
+        return RegistrationRequest.from_row(row) if row else None
 
     async def notices_behind(self, limit: int = 100) -> list[RegistrationRequest]:
         """Requests whose admin-room notice is missing or shows an older state."""
@@ -405,10 +444,7 @@ class Registrations:
     ) -> RegistrationRequest:
         """Store a sign-up as unverified, or (no confirmation needed) pending — approved
         when it came with an invite."""
-        if not confirmed:
-            state = State.UNVERIFIED
-        else:
-            state = State.APPROVED if new.invite_id else State.PENDING
+        state = initial_state(confirmed, invited=new.invite_id is not None)
         status, matrix_status = COLUMNS[state]
         now = now_ms()
         decided_by = new.invited_by if state is State.APPROVED else None
@@ -419,6 +455,9 @@ class Registrations:
                 new.localpart,
             ):
                 raise NameAlreadyRequested(new.localpart)
+            holder = await self.holder_of_email(new.email, conn=conn)
+            if holder is not None:
+                raise EmailInUse(holder)
             request_id = new_request_id()
             try:
                 row = await conn.fetchrow(
@@ -444,10 +483,13 @@ class Registrations:
                     now if decided_by else None,
                 )
             except Exception as error:
-                # Two sign-ups for one name at once: the unique index lets one through.
-                if "unique" in str(error).lower():
-                    raise NameAlreadyRequested(new.localpart) from None
-                raise
+                # Two sign-ups for one name or one email at once: a unique index lets one
+                # through. Both databases name the index that refused.
+                if "unique" not in str(error).lower():
+                    raise
+                if "registration_request_live_email" in str(error):
+                    raise EmailInUse(None) from None
+                raise NameAlreadyRequested(new.localpart) from None
             assert row is not None
             request = RegistrationRequest.from_row(row)
             await self._audit(conn, request.id, new.invited_by or "applicant", None, state, None)

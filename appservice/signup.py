@@ -18,21 +18,15 @@ from appservice.config import Config
 from appservice.crypto import SecretBox
 from appservice.gate import Gate
 from appservice.passwords import PasswordHasher, password_problem
-from appservice.ratelimit import (
-    MAIL_PER_RECIPIENT,
-    MAIL_PER_RECIPIENT_PER_DAY,
-    RESEND_PER_ADDRESS,
-    Limit,
-    RateLimited,
-    RateLimiter,
-    address_key,
-    recipient_key,
-)
+from appservice.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
 from appservice.registrations import (
+    EmailInUse,
     NameAlreadyRequested,
     NewRequest,
     RegistrationRequest,
     Registrations,
+    State,
+    initial_state,
 )
 from appservice.synapse_admin import Availability, SynapseAdmin
 
@@ -61,6 +55,19 @@ class FieldErrors(Exception):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(", ".join(f"{k}: {v}" for k, v in errors.items()))
         self.errors = errors
+
+
+@dataclass(frozen=True)
+class SignUpAnswer:
+    """What the applicant is told: the same whether a request was stored or the email
+    already belonged to someone (so the answer tells nobody whether it is in use)."""
+
+    state: State
+    localpart: str
+    email: str
+
+    def user_id(self, domain: str) -> str:
+        return f"@{self.localpart}:{domain}"
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ class SignUps:
         if availability is Availability.INVALID:
             raise FieldErrors({"userName": "is not allowed by the homeserver"})
 
-    async def sign_up(self, body: dict[str, Any], address: str) -> RegistrationRequest:
+    async def sign_up(self, body: dict[str, Any], address: str) -> SignUpAnswer:
         await self.limiter.hit(address_key("signup", address), self.limit)
         invite = None
         if body.get("invite"):
@@ -219,23 +226,28 @@ class SignUps:
             created = await self.registrations.create(new, confirmed=confirmed, after=after)
         except NameAlreadyRequested:
             raise FieldErrors({"userName": "is already taken"}) from None
+        except EmailInUse as in_use:
+            await self.tell_email_owner(in_use.holder, form.email, self.user_id(form.localpart))
+            log.info("A sign-up for %s used an email already in use", self.user_id(form.localpart))
+            return SignUpAnswer(
+                initial_state(confirmed, invited=invite is not None), form.localpart, form.email
+            )
         if not confirmed:
             # The sign-up's own confirmation is never held back (an address has one open
             # request at most), but it counts: a resend right after it sends nothing.
-            await self.recipient_may_get_mail(form.email)
+            await self.limiter.recipient_may_get_mail(form.email)
         if invite is None:
             await self.gate.apply_daily_cap()
-        return created
+        return SignUpAnswer(created.state, created.localpart, created.email)
 
-    async def recipient_may_get_mail(self, email: str) -> bool:
-        """Count a mail to `email` that nobody could stop otherwise; False: over its limit."""
-        key = recipient_key("mail", email)
-        try:
-            await self.limiter.hit(key, MAIL_PER_RECIPIENT)
-            await self.limiter.hit(f"{key}:day", MAIL_PER_RECIPIENT_PER_DAY)
-        except RateLimited:
-            return False
-        return True
+    async def tell_email_owner(
+        self, holder: RegistrationRequest | None, email: str, attempted_user_id: str
+    ) -> None:
+        """Mail the owner of an address in use that someone tried it for another account
+        (`holder` is None when a concurrent sign-up took the address first)."""
+        holder = holder or await self.registrations.holder_of_email(email)
+        if holder is not None:
+            await self.mail.email_in_use(holder, attempted_user_id)
 
     async def resend_confirmation(self, email: str, address: str) -> None:
         """Send a fresh link for the address's newest unconfirmed request (if any).
@@ -245,7 +257,7 @@ class SignUps:
         before the look-up, so a known and an unknown address cost the same."""
         await self.limiter.hit(address_key("resend", address), RESEND_PER_ADDRESS)
         email = email.strip()
-        if not await self.recipient_may_get_mail(email):
+        if not await self.limiter.recipient_may_get_mail(email):
             return
         request = await self.registrations.newest_unconfirmed(email)
         if request is None:

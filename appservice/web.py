@@ -133,6 +133,9 @@ class WebApi:
 
         `{"userName": "ann", "email": "ann@example.org", "password": "…", "language": "en",
         "reason": "…"}` → 201 `{"status": "unverified", "userId": "@ann:example.org"}`
+
+        An email that belongs to a live request or account gets the very same answer, but
+        nothing is stored: its owner gets a mail about the try instead.
         """
         try:
             created = await self.signups.sign_up(await json_body(request), request.remote or "")
@@ -145,7 +148,11 @@ class WebApi:
                 403, "GK_INVITE_INVALID", "This invite is not valid (any more).", "invite"
             ) from None
         return web.json_response(
-            {"status": created.state.value, "userId": self.user_id(created)}, status=201
+            {
+                "status": created.state.value,
+                "userId": created.user_id(self.config.homeserver.domain),
+            },
+            status=201,
         )
 
     async def confirm_email(self, request: web.Request) -> web.Response:
