@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from appservice.applicant_mail import ApplicantMail
 from appservice.config import Config
+from appservice.crypto import SecretBox
 from appservice.passwords import PasswordHasher, password_problem
 from appservice.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
 from appservice.registrations import (
@@ -70,6 +71,7 @@ class Accounts:
         lockout: Lockout,
         mail: ApplicantMail,
         synapse: SynapseAdmin,
+        box: SecretBox,
     ) -> None:
         self.config = config
         self.registrations = registrations
@@ -80,6 +82,7 @@ class Accounts:
         self.lockout = lockout
         self.mail = mail
         self.synapse = synapse
+        self.box = box
         self.login_limit = Limit(config.security.login_attempts_per_minute, 60)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -191,11 +194,17 @@ class Accounts:
     async def _set_password(
         self, request: RegistrationRequest, password: str, keep: Session | None
     ) -> MatrixOutcome:
-        await self.registrations.set_password_hash(request.id, await self.hasher.hash(password))
+        account_to_come = await self.registrations.set_password(
+            request.id, await self.hasher.hash(password), self.box.encrypt(password)
+        )
         await self.registrations.void_tokens(request.id, RESET_PURPOSE)
         await self.sessions.end_all_others(request.id, keep)
+        if account_to_come:
+            return MatrixOutcome.NO_ACCOUNT
+        current = await self.registrations.get(request.id)
+        assert current is not None
         return await self._on_matrix(
-            request,
+            current,
             "password",
             lambda user_id: self.synapse.set_password(
                 user_id, password, self.config.web.logout_matrix_devices_on_password_change
@@ -209,6 +218,14 @@ class Accounts:
         change: Callable[[str], Awaitable[None]],
     ) -> MatrixOutcome:
         """Make the change on the Matrix account, if there is one; say whether it took."""
+        if request.state is State.PROVISIONING:
+            # Being made right now, with what the request held a moment ago.
+            log.error(
+                "Could not set the Matrix %s of request %s: its account is being made",
+                what,
+                request.id,
+            )
+            return MatrixOutcome.UNCHANGED
         if request.state is not State.ACTIVE or not request.matrix_user_id:
             return MatrixOutcome.NO_ACCOUNT
         try:

@@ -212,6 +212,7 @@ class Gatekeeper:
             ),
             core.mail,
             core.synapse,
+            core.box,
         )
         cookies = Cookies(config)
         csrf = Csrf(derived_key("csrf", config).encode())

@@ -324,6 +324,25 @@ class Registrations:
             password_hash,
         )
 
+    async def set_password(
+        self, request_id: str, password_hash: str, password_encrypted: str
+    ) -> bool:
+        """A new password; True if the account is still to be made, and will be made with it.
+
+        Until provisioning takes the request, it keeps the password for the account to come;
+        one statement, so a provisioning round that takes it meanwhile sees one or the other.
+        """
+        to_come = await self.db.fetchval(
+            "UPDATE registration_request SET password_hash=$2, password_encrypted="
+            " CASE WHEN matrix_status='pending' AND password_encrypted IS NOT NULL"
+            " THEN $3 ELSE password_encrypted END WHERE id=$1"
+            " RETURNING matrix_status='pending' AND password_encrypted IS NOT NULL",
+            request_id,
+            password_hash,
+            password_encrypted,
+        )
+        return bool(to_come)
+
     async def set_language(self, request_id: str, language: str) -> None:
         await self.db.execute(
             "UPDATE registration_request SET language=$2 WHERE id=$1", request_id, language

@@ -19,9 +19,14 @@ from tests.flows import (
     Applicant,
     WebClient,
     active_account,
+    api,
     can_log_in,
     link_token,
     logged_in,
+    new_applicant,
+    request_id_of,
+    sign_up,
+    wait_for_state,
     web_url,
 )
 
@@ -106,6 +111,25 @@ async def test_reset_and_change_set_the_matrix_password_with_the_shared_secret_a
     assert await can_log_in(synapse.url, ann, CHANGED_PASSWORD)
     assert not await can_log_in(synapse.url, ann, RESET_PASSWORD)
     assert await stored_admin_token(gatekeeper) != token
+
+
+async def test_a_password_reset_before_approval_is_the_one_the_account_gets(
+    gatekeeper: Gatekeeper, smtp: MailCatcher, synapse: Homeserver
+) -> None:
+    """The page says "changed" while the request waits: the account made later must open
+    with the new password, not with the one given at sign-up."""
+    eve = new_applicant("eve")
+    assert (await sign_up(gatekeeper, eve))[0] == 201
+    async with WebClient(gatekeeper) as client:
+        assert await reset_with_mail(client, smtp, eve, RESET_PASSWORD) == (
+            200,
+            {"status": "success"},
+        )
+    request_id = await request_id_of(gatekeeper, eve)
+    await api(gatekeeper, "POST", f"/api/admin/registrations/{request_id}/approve", admin=True)
+    await wait_for_state(gatekeeper, request_id, "active")
+    assert await can_log_in(synapse.url, eve, RESET_PASSWORD)
+    assert not await can_log_in(synapse.url, eve)
 
 
 async def test_email_change_reaches_synapse_with_the_shared_secret_alone(
