@@ -565,7 +565,7 @@ class SynapseAdmin:
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return data if isinstance(data, dict) else None
 

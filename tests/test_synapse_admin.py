@@ -23,6 +23,7 @@ from appservice.synapse_admin import (
     HomeserverUnavailable,
     ProvisioningRefused,
     SynapseAdmin,
+    _json_object,
 )
 from harness.net import free_port
 from tests.conftest import SERVER_NAME, Homeserver
@@ -415,3 +416,9 @@ async def test_server_errors_and_rate_limits_are_retriable(
         with pytest.raises(HomeserverUnavailable, match=f"HTTP {status}") as raised:
             await client.create_account(fresh_localpart(), fresh_password(), None, None)
     assert raised.value.retry_after == retry_after
+
+
+def test_an_answer_nested_too_deep_is_not_json() -> None:
+    """A homeserver address that answers absurdly nested JSON is read as "not JSON"."""
+    assert _json_object("[" * 100_000 + "]" * 100_000) is None
+    assert _json_object('{"errcode": "M_UNKNOWN"}') == {"errcode": "M_UNKNOWN"}
