@@ -10,7 +10,7 @@ export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lock lint format test demo clean chromium docs fuzz bench soak stress-ng
+.PHONY: install lock lint format test test-fast demo clean chromium docs fuzz bench soak stress-ng
 
 install: $(INSTALLED)
 
@@ -43,6 +43,10 @@ chromium:
 
 test: lint chromium
 	$(BIN)/pytest
+
+# The tests that need neither Synapse nor a browser (still SQLite and PostgreSQL).
+test-fast: install
+	$(BIN)/pytest -m "not synapse and not chromium"
 
 # tests/test_fuzz.py with many more examples per operation than the suite's quick run.
 fuzz: install
