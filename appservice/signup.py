@@ -89,7 +89,8 @@ def valid_email(value: str, field: str) -> str:
 
 def _text(body: dict[str, Any], key: str, errors: dict[str, str], required: bool = True) -> str:
     value = body.get(key)
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
+        # Only spaces is no answer either: stripped later, it would pass as "".
         if required:
             errors[key] = "is required"
         return ""

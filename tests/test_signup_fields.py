@@ -147,10 +147,6 @@ def test_a_reason_may_be_required() -> None:
     assert errors_of({**GOOD, "reason": ""}, require_reason=True) == {"reason": "is required"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse() checks 'required' before strip(), so blanks pass as an empty value",
-)
 @pytest.mark.parametrize(
     ("change", "registration"),
     [
