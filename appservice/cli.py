@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from appservice.config import Config, ConfigError, load_config
-from appservice.logging_setup import configure_logging
-from appservice.program import EXIT_CONFIG, Gatekeeper, StartupError
-from appservice.registration import generate_registration
+from appservice.homeserver.registration_file import generate_registration
+from appservice.runtime.logging_setup import configure_logging
+from appservice.runtime.program import EXIT_CONFIG, Gatekeeper, StartupError
 
 log = logging.getLogger("gatekeeper")
 

@@ -13,7 +13,7 @@ from multiprocessing import get_context
 
 import aiohttp
 
-from appservice.passwords import PasswordHasher
+from appservice.domain.passwords import PasswordHasher
 from bench.load import Call, Load, LoadResult, run_load
 from bench.report import Figure
 from bench.stack import Stack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from appservice.passwords import PasswordHasher
+from appservice.domain.passwords import PasswordHasher
 from bench.context import PASSWORD, Bench, log_in
 from bench.load import Call, Load, LoadResult, run_load
 from bench.report import Figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from appservice.passwords import PasswordHasher
+from appservice.domain.passwords import PasswordHasher
 from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, log_in
 from bench.load import Call
 from bench.report import Figure

@@ -24,7 +24,7 @@ from mautrix.util.async_db import Database, Scheme
 from ruamel.yaml import YAML
 
 from appservice.config import DatabaseConfig
-from appservice.database import create_database
+from appservice.storage.database import create_database
 from harness.matrix_user import MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings

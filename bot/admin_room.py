@@ -9,7 +9,7 @@ from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import RoomAlias, RoomID, UserID
 
 from appservice.config import AdminRoomConfig
-from appservice.state import ADMIN_ROOM_ID, BotState
+from appservice.storage.bot_state import ADMIN_ROOM_ID, BotState
 
 log = logging.getLogger("gatekeeper.bot.room")
 

@@ -24,11 +24,17 @@ from mautrix.types import (
 )
 
 from appservice.config import Config
-from appservice.decisions import Decisions
-from appservice.gate import BLOCK_KINDS, Gate
-from appservice.registrations import Outcome, RegistrationRequest, Registrations, Result, State
-from appservice.signup import MAX_REASON_CHARS
-from appservice.state import BotState
+from appservice.domain.decisions import Decisions
+from appservice.domain.gate import BLOCK_KINDS, Gate
+from appservice.domain.registrations import (
+    Outcome,
+    RegistrationRequest,
+    Registrations,
+    Result,
+    State,
+)
+from appservice.domain.signup import MAX_REASON_CHARS
+from appservice.storage.bot_state import BotState
 from appservice.timeutil import now_ms
 from bot.admin_room import AdminRoom
 from bot.commands import (

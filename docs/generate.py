@@ -26,12 +26,12 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import BaseModel
 
 from appservice.config import Config, read_yaml
-from appservice.monitoring import Monitoring
-from appservice.pages import Pages
-from appservice.web import WebApi, create_web_app
-from appservice.web_account import AccountApi
-from appservice.web_common import MAX_BODY_BYTES
-from appservice.web_security import (
+from appservice.runtime.monitoring import Monitoring
+from appservice.web.account_api import AccountApi
+from appservice.web.app import WebApi, create_web_app
+from appservice.web.common import MAX_BODY_BYTES
+from appservice.web.pages import Pages
+from appservice.web.security import (
     CSRF_HEADER,
     CSRF_TOKEN,
     DEVICE_TOKEN,
@@ -284,7 +284,7 @@ def api_reference() -> str:
     ]
     cookies = (LOGIN_TOKEN, DEVICE_TOKEN, SUDO_TOKEN, CSRF_TOKEN)
     lines = [
-        GENERATED_NOTE.format(source="the OpenAPI document of appservice/web.py"),
+        GENERATED_NOTE.format(source="the OpenAPI document of appservice/web/app.py"),
         "",
         "# Web API reference",
         "",

@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from ruamel.yaml import YAML
 
-from appservice.registration import generate_registration
+from appservice.homeserver.registration_file import generate_registration
 from harness.matrix_user import MatrixUser
 from harness.net import command_line, free_port, listening_pid, parent_pid, port_is_free
 from harness.synapse import SynapseError, SynapseServer, SynapseSettings

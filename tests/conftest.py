@@ -28,8 +28,8 @@ from mautrix.util.async_db import Database
 from ruamel.yaml import YAML
 
 from appservice.config import Config, DatabaseConfig, load_config
-from appservice.database import create_database
-from appservice.program import Gatekeeper
+from appservice.runtime.program import Gatekeeper
+from appservice.storage.database import create_database
 from harness.matrix_user import EVENT_WAIT_SECONDS, EVENT_WAITS, MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pyotp
 import pytest
 
-from appservice.program import Gatekeeper
-from appservice.sessions import Sessions
+from appservice.runtime.program import Gatekeeper
+from appservice.storage.sessions import Sessions
 from harness.matrix_user import wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from ruamel.yaml import YAML
 
 from appservice.config import Config, ConfigError, load_config
-from appservice.logging_setup import RedactSecrets
+from appservice.runtime.logging_setup import RedactSecrets
 
 EXAMPLE = Path(__file__).parent.parent / "example-config.yaml"
 SECRET = "s3cret-value-that-must-not-leak"

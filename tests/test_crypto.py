@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from appservice.config import SecurityConfig
-from appservice.crypto import SecretBox, TamperedSecret
+from appservice.storage.crypto import SecretBox, TamperedSecret
 
 
 def box(*keys: bytes) -> SecretBox:

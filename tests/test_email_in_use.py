@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.database import upgrade
-from appservice.program import Gatekeeper
+from appservice.runtime.program import Gatekeeper
+from appservice.storage.database import upgrade
 from appservice.timeutil import now_ms
 from tests.conftest import MailCatcher, StartGatekeeper
 from tests.flows import (

@@ -41,8 +41,8 @@ import asyncpg
 import pytest
 from mautrix.types import RoomID
 
-from appservice import leadership
-from appservice.program import Gatekeeper
+from appservice.runtime import leadership
+from appservice.runtime.program import Gatekeeper
 from harness.matrix_user import Event, MatrixUser, wait_until
 from harness.postgres import PostgresError, PrivatePostgres
 from harness.stalling_proxy import StallingProxy

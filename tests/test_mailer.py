@@ -12,10 +12,10 @@ from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
 from appservice.config import SecurityConfig, SmtpConfig
-from appservice.crypto import SecretBox
-from appservice.database import upgrade
-from appservice.i18n import Catalogue, placeholders
-from appservice.mailer import Mailer
+from appservice.domain.i18n import Catalogue, placeholders
+from appservice.runtime.mailer import Mailer
+from appservice.storage.crypto import SecretBox
+from appservice.storage.database import upgrade
 from appservice.timeutil import now_ms
 from harness.net import free_port
 from tests.conftest import MailCatcher

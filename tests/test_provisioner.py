@@ -12,22 +12,22 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice import timeutil
-from appservice.applicant_mail import ApplicantMail
-from appservice.crypto import SecretBox
-from appservice.database import upgrade
-from appservice.provisioner import Provisioner
-from appservice.registrations import (
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.provisioner import Provisioner
+from appservice.domain.registrations import (
     NewRequest,
     Outcome,
     RegistrationRequest,
     Registrations,
     State,
 )
-from appservice.synapse_admin import (
+from appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,
     SynapseAdmin,
 )
+from appservice.storage.crypto import SecretBox
+from appservice.storage.database import upgrade
 from tests.example_config import example_config
 
 PASSWORD = "correct horse battery staple"

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.database import upgrade
-from appservice.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
+from appservice.storage.database import upgrade
+from appservice.storage.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
 
 
 class Clock:

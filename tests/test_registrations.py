@@ -20,8 +20,7 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import DatabaseConfig
-from appservice.database import create_database, upgrade
-from appservice.registrations import (
+from appservice.domain.registrations import (
     CONFIRM_PURPOSE,
     STATUS_PURPOSE,
     AuditEntry,
@@ -35,6 +34,7 @@ from appservice.registrations import (
     Transition,
     initial_state,
 )
+from appservice.storage.database import create_database, upgrade
 from appservice.timeutil import now_ms
 
 U, P, A = State.UNVERIFIED, State.PENDING, State.APPROVED

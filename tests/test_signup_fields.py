@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from appservice.signup import MAX_REASON_CHARS, FieldErrors, SignUpForm, SignUps, valid_email
-from appservice.synapse_admin import Availability
+from appservice.domain.signup import MAX_REASON_CHARS, FieldErrors, SignUpForm, SignUps, valid_email
+from appservice.homeserver.synapse_admin import Availability
 from tests.example_config import example_config
 
 GOOD: dict[str, Any] = {

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from ruamel.yaml import YAML
 
 from appservice.config import HomeserverConfig
-from appservice.synapse_admin import (
+from appservice.homeserver.synapse_admin import (
     AccountTaken,
     Availability,
     HomeserverUnavailable,

@@ -13,10 +13,10 @@ from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
 from appservice.config import SecurityConfig
-from appservice.crypto import SecretBox
-from appservice.database import upgrade
-from appservice.registrations import NewRequest, Registrations
-from appservice.totp import TotpStore
+from appservice.domain.registrations import NewRequest, Registrations
+from appservice.storage.crypto import SecretBox
+from appservice.storage.database import upgrade
+from appservice.storage.totp import TotpStore
 
 ISSUER = "Gatekeeper Test"
 ACCOUNT = "@alice:gatekeeper.test"

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from appservice.applicant_mail import ApplicantMail
 from appservice.config import Config
-from appservice.crypto import SecretBox, TamperedSecret
-from appservice.registrations import RegistrationRequest, Registrations
-from appservice.synapse_admin import (
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.registrations import RegistrationRequest, Registrations
+from appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,
     ProvisioningRefused,
     SynapseAdmin,
 )
+from appservice.storage.crypto import SecretBox, TamperedSecret
 from appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.provisioner")

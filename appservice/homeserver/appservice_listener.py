@@ -17,7 +17,7 @@ from mautrix.client.state_store import MemoryStateStore
 from mautrix.types import JSON
 
 from appservice.config import Config
-from appservice.state import TransactionLog
+from appservice.storage.bot_state import TransactionLog
 
 log = logging.getLogger("gatekeeper.appservice")
 

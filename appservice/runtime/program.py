@@ -14,35 +14,35 @@ from aiohttp import web
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUnknownToken
 from mautrix.util.async_db import Database
 
-from appservice.accounts import Accounts
-from appservice.antibot import AntiBot
-from appservice.applicant_mail import ApplicantMail
-from appservice.captcha import Captcha
 from appservice.config import Config
-from appservice.crypto import SecretBox
-from appservice.database import create_database, stop_database, upgrade
-from appservice.decisions import Decisions
-from appservice.gate import Gate
-from appservice.i18n import Catalogue
-from appservice.leadership import Leadership, leadership_for
-from appservice.mailer import Mailer
-from appservice.matrix import GatekeeperAppService
-from appservice.monitoring import Monitoring
-from appservice.pages import Pages
-from appservice.passwords import PasswordHasher
-from appservice.provisioner import Provisioner
-from appservice.ratelimit import Lockout, RateLimiter
-from appservice.registrations import Registrations
-from appservice.sessions import Sessions
-from appservice.signup import SignUps
-from appservice.state import BotState, SealedState, TransactionLog
-from appservice.synapse_admin import SynapseAdmin
+from appservice.domain.accounts import Accounts
+from appservice.domain.antibot import AntiBot
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.captcha import Captcha
+from appservice.domain.decisions import Decisions
+from appservice.domain.gate import Gate
+from appservice.domain.i18n import Catalogue
+from appservice.domain.passwords import PasswordHasher
+from appservice.domain.provisioner import Provisioner
+from appservice.domain.registrations import Registrations
+from appservice.domain.signup import SignUps
+from appservice.homeserver.appservice_listener import GatekeeperAppService
+from appservice.homeserver.synapse_admin import SynapseAdmin
+from appservice.runtime.leadership import Leadership, leadership_for
+from appservice.runtime.mailer import Mailer
+from appservice.runtime.monitoring import Monitoring
+from appservice.runtime.worker import Worker
+from appservice.storage.bot_state import BotState, SealedState, TransactionLog
+from appservice.storage.crypto import SecretBox
+from appservice.storage.database import create_database, stop_database, upgrade
+from appservice.storage.ratelimit import Lockout, RateLimiter
+from appservice.storage.sessions import Sessions
+from appservice.storage.totp import TotpStore
 from appservice.timeutil import now_ms
-from appservice.totp import TotpStore
-from appservice.web import WebApi, create_web_app
-from appservice.web_account import AccountApi
-from appservice.web_security import Cookies, Csrf, security_middleware
-from appservice.worker import Worker
+from appservice.web.account_api import AccountApi
+from appservice.web.app import WebApi, create_web_app
+from appservice.web.pages import Pages
+from appservice.web.security import Cookies, Csrf, security_middleware
 from bot.admin_room import AdminRoomError
 from bot.bot import AdminBot
 from bot.commands import Reply

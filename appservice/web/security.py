@@ -19,11 +19,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
-from appservice.accounts import LoginResult
 from appservice.config import Config
-from appservice.registrations import RegistrationRequest
-from appservice.sessions import Session, Sessions
-from appservice.web_common import (
+from appservice.domain.accounts import LoginResult
+from appservice.domain.registrations import RegistrationRequest
+from appservice.storage.sessions import Session, Sessions
+from appservice.web.common import (
     MAX_BODY_BYTES,
     ApiError,
     storable,

@@ -13,13 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from appservice.config import Config
-from appservice.database import DATABASE_UNAVAILABLE
-from appservice.decisions import Decisions
-from appservice.monitoring import Monitoring
-from appservice.openapi import openapi_document
-from appservice.pages import Pages, security_headers
-from appservice.ratelimit import RateLimited
-from appservice.registrations import (
+from appservice.domain.decisions import Decisions
+from appservice.domain.registrations import (
     STATUS_PURPOSE,
     Outcome,
     RegistrationRequest,
@@ -27,17 +22,22 @@ from appservice.registrations import (
     Result,
     State,
 )
-from appservice.signup import (
+from appservice.domain.signup import (
     FieldErrors,
     InviteInvalid,
     SignUpRefused,
     SignUps,
     SignUpsClosed,
 )
-from appservice.synapse_admin import HomeserverUnavailable
-from appservice.web_account import AccountApi
-from appservice.web_common import MAX_BODY_BYTES, ApiError, json_body, text_field
-from appservice.web_security import receive_deadline
+from appservice.homeserver.synapse_admin import HomeserverUnavailable
+from appservice.runtime.monitoring import Monitoring
+from appservice.storage.database import DATABASE_UNAVAILABLE
+from appservice.storage.ratelimit import RateLimited
+from appservice.web.account_api import AccountApi
+from appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
+from appservice.web.openapi import openapi_document
+from appservice.web.pages import Pages, security_headers
+from appservice.web.security import receive_deadline
 
 log = logging.getLogger("gatekeeper.web")
 

@@ -12,23 +12,27 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from appservice.applicant_mail import ApplicantMail
 from appservice.config import Config
-from appservice.crypto import SecretBox
-from appservice.passwords import PasswordHasher, password_problem
-from appservice.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
-from appservice.registrations import (
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.passwords import PasswordHasher, password_problem
+from appservice.domain.registrations import (
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
     RegistrationRequest,
     Registrations,
     State,
 )
-from appservice.sessions import Session, Sessions
-from appservice.signup import FieldErrors, valid_email
-from appservice.synapse_admin import HomeserverUnavailable, ProvisioningRefused, SynapseAdmin
+from appservice.domain.signup import FieldErrors, valid_email
+from appservice.homeserver.synapse_admin import (
+    HomeserverUnavailable,
+    ProvisioningRefused,
+    SynapseAdmin,
+)
+from appservice.storage.crypto import SecretBox
+from appservice.storage.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
+from appservice.storage.sessions import Session, Sessions
+from appservice.storage.totp import Enrolment, TotpStore
 from appservice.timeutil import now_ms
-from appservice.totp import Enrolment, TotpStore
 
 log = logging.getLogger("gatekeeper.accounts")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.i18n import Catalogue
-from appservice.passwords import MAX_BYTES, MIN_LENGTH
-from appservice.registrations import State
-from appservice.signup import MAX_REASON_CHARS
+from appservice.domain.i18n import Catalogue
+from appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
+from appservice.domain.registrations import State
+from appservice.domain.signup import MAX_REASON_CHARS
 
 TEXT = {"type": "string"}
 FLAG = {"type": "boolean"}

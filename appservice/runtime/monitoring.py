@@ -21,8 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from appservice.config import Config
-from appservice.leadership import Leadership
-from appservice.registrations import STATE_OF, State
+from appservice.domain.registrations import STATE_OF, State
+from appservice.runtime.leadership import Leadership
 
 log = logging.getLogger("gatekeeper.monitoring")
 

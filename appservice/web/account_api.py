@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.accounts import Accounts, LoginStatus, MatrixOutcome
-from appservice.registrations import State
-from appservice.sessions import Session, Sessions
-from appservice.web_common import ApiError, flag_field, json_body, text_field
-from appservice.web_security import (
+from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
+from appservice.domain.registrations import State
+from appservice.storage.sessions import Session, Sessions
+from appservice.web.common import ApiError, flag_field, json_body, text_field
+from appservice.web.security import (
     ACCOUNT_KEY,
     CSRF_TOKEN,
     DEVICE_TOKEN,

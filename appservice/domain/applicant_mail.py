@@ -5,10 +5,8 @@ from __future__ import annotations
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import Config
-from appservice.i18n import Catalogue
-from appservice.mailer import Mailer
-from appservice.ratelimit import RateLimiter
-from appservice.registrations import (
+from appservice.domain.i18n import Catalogue
+from appservice.domain.registrations import (
     CONFIRM_PURPOSE,
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
@@ -17,6 +15,8 @@ from appservice.registrations import (
     Registrations,
     State,
 )
+from appservice.runtime.mailer import Mailer
+from appservice.storage.ratelimit import RateLimiter
 
 CONFIRM_LINK_MS = 60 * 60 * 1000  # SECURITY.md: mail links live at most an hour
 STATUS_LINK_MS = 30 * 24 * 60 * 60 * 1000

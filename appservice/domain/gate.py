@@ -15,8 +15,8 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import RegistrationConfig
-from appservice.registrations import REQUEST_ID_ALPHABET, hash_token
-from appservice.state import BotState
+from appservice.domain.registrations import REQUEST_ID_ALPHABET, hash_token
+from appservice.storage.bot_state import BotState
 from appservice.timeutil import now_ms
 
 BLOCK_KINDS = ("email-domain", "email", "ip", "username")

@@ -6,7 +6,7 @@ import logging
 
 from mautrix.util.async_db import Database
 
-from appservice.crypto import SecretBox, TamperedSecret
+from appservice.storage.crypto import SecretBox, TamperedSecret
 from appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.state")

@@ -18,9 +18,9 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import SmtpConfig
-from appservice.crypto import SecretBox, TamperedSecret
+from appservice.runtime.worker import Worker
+from appservice.storage.crypto import SecretBox, TamperedSecret
 from appservice.timeutil import now_ms
-from appservice.worker import Worker
 
 log = logging.getLogger("gatekeeper.mailer")
 

@@ -16,23 +16,23 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from appservice.accounts import Accounts, LoginStatus, MatrixOutcome
-from appservice.captcha import PROVIDERS
 from appservice.config import AntibotConfig, Config
-from appservice.i18n import Catalogue
-from appservice.ratelimit import RateLimited
-from appservice.registrations import STATUS_PURPOSE, Outcome, Registrations, State
-from appservice.sessions import Sessions
-from appservice.signup import (
+from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
+from appservice.domain.captcha import PROVIDERS
+from appservice.domain.i18n import Catalogue
+from appservice.domain.registrations import STATUS_PURPOSE, Outcome, Registrations, State
+from appservice.domain.signup import (
     FieldErrors,
     InviteInvalid,
     SignUpRefused,
     SignUps,
     SignUpsClosed,
 )
-from appservice.totp import Enrolment
-from appservice.web_common import ApiError
-from appservice.web_security import (
+from appservice.storage.ratelimit import RateLimited
+from appservice.storage.sessions import Sessions
+from appservice.storage.totp import Enrolment
+from appservice.web.common import ApiError
+from appservice.web.security import (
     CSRF_TOKEN,
     DEVICE_TOKEN,
     LOGIN_TOKEN,
@@ -104,7 +104,7 @@ class Pages:
             for code in config.registration.languages
         ]
         self.env = jinja2.Environment(
-            loader=jinja2.PackageLoader("appservice", "templates"),
+            loader=jinja2.PackageLoader("appservice.web", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
@@ -654,7 +654,7 @@ class Pages:
         add.add_post("/settings/2fa/disable", self.disable_2fa)
         add.add_get("/confirm-email-change", self.email_change_form)
         add.add_post("/confirm-email-change", self.confirm_email_change)
-        add.add_static("/static", str(resources.files("appservice") / "static"))
+        add.add_static("/static", str(resources.files("appservice.web") / "static"))
 
 
 def redirect(location: str) -> web.Response:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from appservice.applicant_mail import ApplicantMail
 from appservice.config import RegistrationConfig
-from appservice.registrations import Registrations, Result
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.registrations import Registrations, Result
 
 
 class Decisions:

@@ -11,15 +11,13 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.antibot import AntiBot
-from appservice.applicant_mail import ApplicantMail
-from appservice.captcha import Captcha
 from appservice.config import Config
-from appservice.crypto import SecretBox
-from appservice.gate import Gate
-from appservice.passwords import PasswordHasher, password_problem
-from appservice.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
-from appservice.registrations import (
+from appservice.domain.antibot import AntiBot
+from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.captcha import Captcha
+from appservice.domain.gate import Gate
+from appservice.domain.passwords import PasswordHasher, password_problem
+from appservice.domain.registrations import (
     EmailInUse,
     NameAlreadyRequested,
     NewRequest,
@@ -28,7 +26,9 @@ from appservice.registrations import (
     State,
     initial_state,
 )
-from appservice.synapse_admin import Availability, SynapseAdmin
+from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
+from appservice.storage.crypto import SecretBox
+from appservice.storage.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
 
 log = logging.getLogger("gatekeeper.signup")
 

@@ -18,7 +18,7 @@ import pyotp
 import segno
 from mautrix.util.async_db import Database
 
-from appservice.crypto import SecretBox, TamperedSecret
+from appservice.storage.crypto import SecretBox, TamperedSecret
 
 log = logging.getLogger("gatekeeper.totp")
 

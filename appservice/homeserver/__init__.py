@@ -1,0 +1,1 @@
+"""The homeserver edge: Synapse's admin API and the appservice listener."""
