@@ -43,6 +43,7 @@ async def _all_notices_posted_at(stack: Stack, since_ms: int, expected: int) -> 
             " WHERE status='pending' AND created_at >= $1",
             since_ms,
         )
+        assert row is not None  # an aggregate always has its row
         if row["made"] >= expected and row["posted"] >= row["made"]:
             return time.time()
         await asyncio.sleep(0.05)
@@ -57,14 +58,16 @@ async def _notices_in_room(stack: Stack, prefix: str) -> set[str]:
         page = await stack.admin.api.get_messages(
             stack.room_id, PaginationDirection.BACKWARD, from_token=token, limit=1000
         )
-        for event in page.events:
+        # mautrix declares PaginatedMessages in a NamedTuple form that mypy reads as empty.
+        events, end = page.events, page.end  # type: ignore[attr-defined]
+        for event in events:
             body = str(event.content.get("body", "")) if event.sender == stack.bot else ""
             first_line = body.split("\n", 1)[0]
             if first_line.startswith("Sign-up request") and f"@{prefix}-" in first_line:
                 seen.add(first_line)
-        if not page.events or page.end is None:
+        if not events or end is None:
             return seen
-        token = page.end
+        token = end
 
 
 async def admin_room(bench: Bench) -> list[Figure]:

@@ -8,7 +8,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import cycle, islice
@@ -107,7 +107,7 @@ async def _drive(load: Load) -> LoadResult:
     return LoadResult(sum(statuses.values()), started_at, elapsed, dict(statuses), tuple(latencies))
 
 
-Send = Callable[[Call, float], Awaitable[None]]
+Send = Callable[[Call, float], Coroutine[Any, Any, None]]
 
 
 async def _closed_loop(load: Load, send: Send) -> None:
@@ -132,7 +132,7 @@ async def _open_loop(load: Load, send: Send) -> None:
     total = int(load.offered_rate * load.seconds)
     interval = 1 / load.offered_rate
     begin = time.perf_counter()
-    tasks = []
+    tasks: list[asyncio.Task[None]] = []
     for index, call in enumerate(islice(cycle(load.calls), total)):
         scheduled = begin + index * interval
         # Sleeping even when late lets the requests already started make progress.

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,7 @@ def machine() -> dict[str, str]:
     }
 
 
-def write_results(figures: list[Figure], settings: dict[str, object]) -> Path:
+def write_results(figures: list[Figure], settings: Mapping[str, object]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     now = datetime.now(UTC)
     path = RESULTS / f"{now:%Y-%m-%d}.json"

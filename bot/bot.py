@@ -14,6 +14,7 @@ from mautrix.types import (
     EventID,
     EventType,
     Membership,
+    MemberStateEventContent,
     MessageEvent,
     MessageType,
     ReactionEvent,
@@ -103,7 +104,9 @@ class AdminBot:
     async def _join_newcomer_room(self, room: str) -> None:
         """Without an admin token the bot invites newcomers, so it must be in their rooms."""
         try:
-            await self.intent.join_room(room, max_retries=0)
+            # The setting holds IDs and aliases alike (both plain strings to mautrix).
+            room_id_or_alias = RoomAlias(room) if room.startswith("#") else RoomID(room)
+            await self.intent.join_room(room_id_or_alias, max_retries=0)
         except MatrixRequestError as error:
             log.warning(
                 "Cannot join newcomer room %s (%s): invite %s",
@@ -125,8 +128,10 @@ class AdminBot:
             log.exception("Failed to handle event %s", event.event_id)
 
     async def _on_membership(self, event: StateEvent) -> None:
-        invited = event.state_key == self.intent.mxid and (
-            event.content.membership == Membership.INVITE
+        invited = (
+            event.state_key == self.intent.mxid
+            and isinstance(event.content, MemberStateEventContent)
+            and event.content.membership == Membership.INVITE
         )
         if not invited:
             return
@@ -157,7 +162,7 @@ class AdminBot:
             return
         relation = event.content.relates_to
         key = normalise_key(relation.key or "")
-        if key not in APPROVE_KEYS + REJECT_KEYS:
+        if key not in APPROVE_KEYS + REJECT_KEYS or relation.event_id is None:
             return
         request = await self.registrations.by_notice(relation.event_id)
         if request is None:

@@ -10,14 +10,22 @@ from typing import Any
 
 from mautrix.api import Method, Path
 from mautrix.client import ClientAPI
-from mautrix.types import RoomID, UserID
+from mautrix.types import (
+    FilterID,
+    MatrixUserIdentifier,
+    RoomID,
+    SyncToken,
+    UserID,
+    UserIdentifier,
+)
 
 Event = dict[str, Any]
 
 
 # Events one /sync may carry per room; a busier room's gap is filled from /messages.
 SYNC_TIMELINE_LIMIT = 100
-SYNC_FILTER = json.dumps({"room": {"timeline": {"limit": SYNC_TIMELINE_LIMIT}}})
+# An inline filter: the sync API takes one where a filter ID goes.
+SYNC_FILTER = FilterID(json.dumps({"room": {"timeline": {"limit": SYNC_TIMELINE_LIMIT}}}))
 
 # How long an admin would wait for the bot before calling it broken. The suite's longest
 # wait was 2.3 s (the summary line prints it): Gatekeeper pings Synapse after a restart,
@@ -35,14 +43,16 @@ class MatrixUser:
     def __init__(self, homeserver: str, user_id: str, access_token: str) -> None:
         self.user_id = UserID(user_id)
         self.api = ClientAPI(self.user_id, base_url=homeserver, token=access_token)
-        self._since: str | None = None
+        self._since: SyncToken | None = None
         self.invites: set[RoomID] = set()
         self.timeline: list[Event] = []
 
     @classmethod
     async def login(cls, homeserver: str, localpart: str, password: str) -> MatrixUser:
         api = ClientAPI(base_url=homeserver)
-        response = await api.login(identifier=localpart, password=password)
+        response = await api.login(
+            identifier=UserIdentifier(MatrixUserIdentifier(localpart)), password=password
+        )
         await api.api.session.close()
         return cls(homeserver, response.user_id, response.access_token)
 
@@ -115,7 +125,7 @@ class MatrixUser:
 
         def is_reply(event: Event) -> bool:
             relation = event["content"].get("m.relates_to", {})
-            return (
+            return bool(
                 event["sender"] == sender
                 and relation.get("m.in_reply_to", {}).get("event_id") == event_id
             )

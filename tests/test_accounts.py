@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
 
 import pyotp
 import pytest
@@ -30,9 +29,7 @@ NEW_PASSWORD = "another fine passphrase 77"
 
 
 @pytest.fixture
-async def gatekeeper(
-    start_gatekeeper: StartGatekeeper, synapse: Homeserver
-) -> AsyncIterator[Gatekeeper]:
+async def gatekeeper(start_gatekeeper: StartGatekeeper, synapse: Homeserver) -> Gatekeeper:
     """Gatekeeper with an admin token, so Matrix passwords follow web ones."""
     admin = await synapse.server.register_user(
         f"server-admin-{secrets.token_hex(3)}", "admin password 123", admin=True

@@ -113,7 +113,9 @@ def totp_code(secret: str, secrets: Secrets, steps_ahead: int = 0) -> str:
 async def room_messages(admin: MatrixUser, room_id: RoomID) -> list[str]:
     """Everything in the admin room, as the admin's client fetches it."""
     answer = await admin.api.get_messages(room_id, PaginationDirection.BACKWARD, limit=1000)
-    return [json.dumps(event.serialize(), ensure_ascii=False) for event in answer.events]
+    # mautrix declares PaginatedMessages in a NamedTuple form that mypy reads as empty.
+    events = answer.events  # type: ignore[attr-defined]
+    return [json.dumps(event.serialize(), ensure_ascii=False) for event in events]
 
 
 async def run_main_flows(

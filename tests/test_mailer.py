@@ -15,7 +15,7 @@ from appservice.config import SecurityConfig, SmtpConfig
 from appservice.domain.i18n import Catalogue, placeholders
 from appservice.runtime.mailer import Mailer
 from appservice.storage.crypto import SecretBox
-from appservice.storage.database import upgrade
+from appservice.storage.database import transaction, upgrade
 from appservice.timeutil import now_ms
 from harness.net import free_port
 from tests.conftest import MailCatcher
@@ -64,7 +64,7 @@ async def test_mail_queued_in_a_transaction_is_sent_and_its_body_erased(
     link = confirm_link()
     body = f"Grüße! Please open {link} to confirm."
 
-    async with db.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         await mailer.enqueue(conn, "ann@example.org", "Confirm your address", body)
 
     [queued] = await outbox(db)
@@ -97,7 +97,7 @@ async def test_mail_of_a_rolled_back_transaction_is_never_sent(
     mailer = Mailer(smtp_config(smtp.port), db, box)
 
     async def sign_up_that_fails() -> None:
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(db) as conn:
             await mailer.enqueue(conn, "ann@example.org", "Confirm", confirm_link())
             raise Boom
 
@@ -194,7 +194,7 @@ async def test_background_task_sends_without_being_asked(
     try:
         # Let the task go idle first: the mail must wake it, well before its 30 s look.
         await asyncio.sleep(0.3)
-        async with db.acquire() as conn, conn.transaction():
+        async with transaction(db) as conn:
             await mailer.enqueue(conn, "cat@example.org", "Hello", "Hi Cat")
         mailer.wake()
         received = await smtp.wait_for("cat@example.org", timeout=10)

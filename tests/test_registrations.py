@@ -34,7 +34,7 @@ from appservice.domain.registrations import (
     Transition,
     initial_state,
 )
-from appservice.storage.database import create_database, upgrade
+from appservice.storage.database import create_database, transaction, upgrade
 from appservice.timeutil import now_ms
 
 U, P, A = State.UNVERIFIED, State.PENDING, State.APPROVED
@@ -220,7 +220,7 @@ async def issue(
     purpose: str = CONFIRM_PURPOSE,
     valid_ms: int = 60_000,
 ) -> str:
-    async with registrations.db.acquire() as conn, conn.transaction():
+    async with transaction(registrations.db) as conn:
         return await registrations.issue_token(conn, request_id, purpose, valid_ms)
 
 

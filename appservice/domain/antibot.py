@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import altcha
 from altcha.v1 import AlgoType
@@ -44,7 +44,8 @@ class AntiBot:
 
     def challenge(self) -> dict[str, Any]:
         """A fresh challenge for the widget, refused by verify() once CHALLENGE_TTL is over."""
-        issued = altcha.create_challenge_v1(
+        # altcha's keyword overload of create_challenge forgets its parameters' defaults.
+        issued: altcha.ChallengeV1 = altcha.create_challenge_v1(  # type: ignore[call-overload]
             algorithm=ALGORITHM,
             max_number=self.config.proof_of_work_max_number,
             hmac_key=self._hmac_key,
@@ -85,6 +86,10 @@ class AntiBot:
         return claimed is not None
 
 
+def _is_text(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value)
+
+
 def _decode(encoded: object) -> altcha.PayloadV1 | None:
     """The widget's base64 JSON payload, or None unless every field has the right type."""
     if not isinstance(encoded, str) or not encoded or len(encoded) > MAX_PAYLOAD_CHARS:
@@ -100,6 +105,6 @@ def _decode(encoded: object) -> altcha.PayloadV1 | None:
     # bool is an int to Python but not a number to the widget.
     if type(number) is not int or number < 0:
         return None
-    if not all(isinstance(text, str) and text for text in (challenge, salt, signature)):
+    if not (_is_text(challenge) and _is_text(salt) and _is_text(signature)):
         return None
     return altcha.PayloadV1(ALGORITHM, challenge, number, salt, signature)

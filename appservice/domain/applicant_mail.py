@@ -16,6 +16,7 @@ from appservice.domain.registrations import (
     State,
 )
 from appservice.runtime.mailer import Mailer
+from appservice.storage.database import acquire, transaction
 from appservice.storage.ratelimit import RateLimiter
 
 CONFIRM_LINK_MS = 60 * 60 * 1000  # SECURITY.md: mail links live at most an hour
@@ -84,7 +85,7 @@ class ApplicantMail:
         valid_ms: int = CONFIRM_LINK_MS,
         **params: str,
     ) -> None:
-        async with self.registrations.db.acquire() as conn, conn.transaction():
+        async with transaction(self.registrations.db) as conn:
             token = await self.registrations.issue_token(conn, request.id, purpose, valid_ms)
             await self._send(
                 conn,
@@ -139,7 +140,7 @@ class ApplicantMail:
         )
 
     async def email_changed(self, request: RegistrationRequest, old_email: str) -> None:
-        async with self.registrations.db.acquire() as conn:
+        async with acquire(self.registrations.db) as conn:
             await self._send(conn, request, "email_changed", old_email, new_email=request.email)
         self.mailer.wake()
 

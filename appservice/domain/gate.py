@@ -6,7 +6,7 @@ import fnmatch
 import ipaddress
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 from appservice.config import RegistrationConfig
 from appservice.domain.registrations import REQUEST_ID_ALPHABET, hash_token
 from appservice.storage.bot_state import BotState
+from appservice.storage.database import Row
 from appservice.timeutil import now_ms
 
 BLOCK_KINDS = ("email-domain", "email", "ip", "username")
@@ -30,7 +31,7 @@ def short_id() -> str:
     return "".join(secrets.choice(REQUEST_ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
-def _row(cls: Any, row: Mapping[str, Any]) -> Any:
+def _row(cls: Any, row: Row) -> Any:
     return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 

@@ -57,8 +57,8 @@ def _shipped() -> Mapping[str, Mapping[str, str]]:
     english = catalogues.get(FALLBACK)
     if not english:
         raise CatalogueError(f"locales/{FALLBACK}.yaml is missing or empty")
-    for language, texts in catalogues.items():
-        for key, template in texts.items():
+    for language, catalogue in catalogues.items():
+        for key, template in catalogue.items():
             # A name English does not pass would make formatting fail when the mail is due.
             unknown = placeholders(template) - placeholders(english.get(key, ""))
             if key not in english or unknown:

@@ -17,6 +17,7 @@ from typing import Any
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
+from appservice.storage.database import Row, transaction
 from appservice.timeutil import now_ms
 
 REQUEST_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud, typed
@@ -78,13 +79,9 @@ class Transition(enum.Enum):
     FINISH_PROVISIONING = ((State.PROVISIONING,), State.ACTIVE)
     FAIL_PROVISIONING = ((State.PROVISIONING,), State.FAILED)
 
-    @property
-    def sources(self) -> tuple[State, ...]:
-        return self.value[0]
-
-    @property
-    def target(self) -> State:
-        return self.value[1]
+    def __init__(self, sources: tuple[State, ...], target: State) -> None:
+        self.sources = sources
+        self.target = target
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ class RegistrationRequest:
     invite_id: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> RegistrationRequest:
+    def from_row(cls, row: Row) -> RegistrationRequest:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["email_verified"] = bool(values["email_verified"])
         return cls(**values)
@@ -378,7 +375,7 @@ class Registrations:
 
         None, and the change dropped, if another request or account took the new address
         meanwhile: an email belongs to one of them at a time."""
-        async with self.db.acquire() as conn, conn.transaction():
+        async with transaction(self.db) as conn:
             row = await conn.fetchrow(
                 "SELECT email, pending_email FROM registration_request WHERE id=$1", request_id
             )
@@ -467,7 +464,7 @@ class Registrations:
         status, matrix_status = COLUMNS[state]
         now = now_ms()
         decided_by = new.invited_by if state is State.APPROVED else None
-        async with self.db.acquire() as conn, conn.transaction():
+        async with transaction(self.db) as conn:
             if await conn.fetchval(
                 "SELECT 1 FROM registration_request WHERE localpart=$1"
                 " AND status IN ('unverified', 'pending', 'approved')",
@@ -548,7 +545,7 @@ class Registrations:
 
     async def confirm_email(self, token: str) -> Result:
         """Redeem a confirmation token once: the email is verified and admins see the request."""
-        async with self.db.acquire() as conn, conn.transaction():
+        async with transaction(self.db) as conn:
             request_id = await conn.fetchval(
                 "UPDATE email_token SET used_at=$3 WHERE token_hash=$1 AND purpose=$2"
                 " AND used_at IS NULL AND expires_at > $3 RETURNING request_id",
@@ -569,6 +566,7 @@ class Registrations:
             invite_id = await conn.fetchval(
                 "SELECT invite_id FROM registration_request WHERE id=$1", request_id
             )
+            extra: dict[str, object]
             if invite_id is None:
                 transition, extra = Transition.CONFIRM_EMAIL, {"email_verified": True}
             else:
@@ -714,7 +712,7 @@ class Registrations:
         extra: Mapping[str, Any] | None = None,
         after: AfterCommit | None = None,
     ) -> Result:
-        async with self.db.acquire() as conn, conn.transaction():
+        async with transaction(self.db) as conn:
             result = await self._transition(
                 conn, request_id.strip().lower(), transition, actor, reason, extra, after
             )
@@ -752,9 +750,9 @@ class Registrations:
             *changes.values(),
         )
         if updated is None:
-            latest = RegistrationRequest.from_row(
-                await conn.fetchrow("SELECT * FROM registration_request WHERE id=$1", request_id)
-            )
+            row = await conn.fetchrow("SELECT * FROM registration_request WHERE id=$1", request_id)
+            assert row is not None  # read above; requests are never deleted
+            latest = RegistrationRequest.from_row(row)
             outcome = Outcome.ALREADY if latest.state is transition.target else Outcome.REFUSED
             return Result(outcome, latest)
         request = RegistrationRequest.from_row(updated)

@@ -28,6 +28,7 @@ from appservice.domain.registrations import (
 )
 from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
 from appservice.storage.crypto import SecretBox
+from appservice.storage.database import transaction
 from appservice.storage.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
 
 log = logging.getLogger("gatekeeper.signup")
@@ -263,7 +264,7 @@ class SignUps:
         request = await self.registrations.newest_unconfirmed(email)
         if request is None:
             return
-        async with self.registrations.db.acquire() as conn, conn.transaction():
+        async with transaction(self.registrations.db) as conn:
             await self.mail.confirmation(conn, request)
         self.mail.mailer.wake()
         log.info("Confirmation mail sent again for request %s", request.id)

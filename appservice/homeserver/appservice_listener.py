@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
@@ -37,12 +38,12 @@ def _error(status: int, errcode: str, message: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": message}, status=status)
 
 
-def hs_token_middleware(hs_token: str) -> Any:
+def hs_token_middleware(hs_token: str) -> Middleware:
     """Missing token → 401, wrong token → 403 M_FORBIDDEN, compared in constant time."""
     expected = hs_token.encode()
 
     @web.middleware
-    async def check_hs_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def check_hs_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(GUARDED_PREFIXES):
             return await handler(request)
         header = request.headers.get("Authorization", "")
@@ -98,7 +99,7 @@ class GatekeeperAppService(AppService):
         async with self._transaction_lock:
             if await self._transaction_log.seen(txn_id, digest):
                 log.debug("Transaction %s was already handled", txn_id)
-                return {}
+                return JSON({})
             result = await super().handle_transaction(txn_id, **kwargs)
             await self._transaction_log.record(txn_id, digest)
             return result

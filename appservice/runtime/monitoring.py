@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from mautrix.util.async_db import Database
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,7 +28,6 @@ from appservice.runtime.leadership import Leadership
 log = logging.getLogger("gatekeeper.monitoring")
 
 HEALTH_TIMEOUT_SECONDS = 5.0
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class DatabaseFigures(Collector):

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Protocol
 
 import asyncpg
 from mautrix.util.async_db import Database, PostgresDatabase, Scheme, UpgradeTable
@@ -35,6 +36,12 @@ DATABASE_UNAVAILABLE = (
 )
 
 
+class Row(Protocol):
+    """A result row of either backend (asyncpg's Record, sqlite3's Row), read by column."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
 class DatabaseError(Exception):
     """The database cannot be used by this version of Gatekeeper."""
 
@@ -53,6 +60,20 @@ class Migration:
 
 def _without_comments(sql: str) -> str:
     return re.sub(r"--[^\n]*", "", sql)
+
+
+# mautrix annotates the generators behind db.acquire() and conn.transaction() as returning
+# what they yield, so mypy sees neither as a context manager of a connection: use these.
+def acquire(db: Database) -> AbstractAsyncContextManager[LoggingConnection]:
+    """A connection of the pool: db.acquire(), typed."""
+    return db.acquire()
+
+
+@asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[LoggingConnection]:
+    """A connection of the pool in a transaction: db.acquire() and conn.transaction(), typed."""
+    async with acquire(db) as conn, conn.transaction():  # type: ignore[attr-defined]
+        yield conn
 
 
 def dialect(db: Database) -> str:
@@ -99,12 +120,18 @@ class ReconnectingPostgresDatabase(PostgresDatabase):
     connection hands the place back, and is harmless where asyncpg already did.
     """
 
+    # mautrix annotates its generator as returning a LoggingConnection (see acquire above).
     @asynccontextmanager
-    async def acquire_direct(self) -> AsyncIterator[LoggingConnection]:
+    async def acquire_direct(self) -> AsyncIterator[LoggingConnection]:  # type: ignore[override]
         async with self.pool.acquire() as conn:
             try:
                 yield LoggingConnection(
-                    self.scheme, conn, self.log, handle_exception=self._handle_exception
+                    self.scheme,
+                    # mautrix takes a Connection; the pool's proxy stands in for one, as in
+                    # mautrix's own acquire_direct.
+                    conn,  # type: ignore[arg-type]
+                    self.log,
+                    handle_exception=self._handle_exception,
                 )
             finally:
                 if conn.is_closed():
@@ -142,7 +169,7 @@ async def upgrade(db: Database, package: str = "migrations") -> list[int]:
     """Apply pending migrations in one transaction; return the versions applied."""
     migrations = load_migrations(dialect(db), package)
     latest = migrations[-1].version if migrations else 0
-    async with db.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         if db.scheme != Scheme.SQLITE:
             # Two processes starting at once must not both apply the same migration.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)

@@ -103,6 +103,7 @@ class RateLimiter:
         now = self.now()
         window_ms = limit.window_ms
         row = await self.db.fetchrow(self._HIT, key, now, now - window_ms)
+        assert row is not None  # an upsert returns its row
         if row["hits"] > limit.hits:
             raise RateLimited(_seconds_until(row["window_start"] + window_ms, now))
 

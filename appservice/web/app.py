@@ -6,11 +6,11 @@ import hmac
 import ipaddress
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
@@ -43,8 +43,6 @@ log = logging.getLogger("gatekeeper.web")
 
 # What a client is told to wait while PostgreSQL restarts (it usually takes seconds).
 DATABASE_RETRY_AFTER_SECONDS = 5
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_body(errcode: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -292,7 +290,7 @@ class WebApi:
         return self._decision(await self.decisions.reject(found.id, "admin-api", reason))
 
 
-def admin_token_middleware(config: Config) -> Any:
+def admin_token_middleware(config: Config) -> Middleware:
     token = config.web.admin_api_token
 
     @web.middleware
@@ -313,7 +311,7 @@ def admin_token_middleware(config: Config) -> Any:
     return check_admin_token
 
 
-def forwarded_for(trusted_proxies: list[str]) -> Any:
+def forwarded_for(trusted_proxies: list[str]) -> Middleware:
     """Behind trusted proxies, the client is the last X-Forwarded-For hop they did not add."""
     networks = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
 

@@ -15,12 +15,19 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from appservice.config import AntibotConfig, Config
 from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
 from appservice.domain.captcha import PROVIDERS
 from appservice.domain.i18n import Catalogue
-from appservice.domain.registrations import STATUS_PURPOSE, Outcome, Registrations, State
+from appservice.domain.registrations import (
+    STATUS_PURPOSE,
+    Outcome,
+    RegistrationRequest,
+    Registrations,
+    State,
+)
 from appservice.domain.signup import (
     FieldErrors,
     InviteInvalid,
@@ -29,7 +36,7 @@ from appservice.domain.signup import (
     SignUpsClosed,
 )
 from appservice.storage.ratelimit import RateLimited
-from appservice.storage.sessions import Sessions
+from appservice.storage.sessions import Session, Sessions
 from appservice.storage.totp import Enrolment
 from appservice.web.common import ApiError
 from appservice.web.security import (
@@ -44,7 +51,6 @@ from appservice.web.security import (
 
 log = logging.getLogger("gatekeeper.pages")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NONCE_KEY = web.RequestKey("style_nonce", str)
 LANGUAGE_COOKIE = "lang"
 
@@ -495,7 +501,7 @@ class Pages:
 
     # --- settings (logged in) -----------------------------------------------------------
 
-    async def _account(self, request: web.Request) -> Any:
+    async def _account(self, request: web.Request) -> tuple[Session, RegistrationRequest]:
         session = request.get(SESSION_KEY)
         account = await self.registrations.get(session.request_id) if session else None
         if session is None or account is None:

@@ -12,11 +12,10 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler, Middleware
 from multidict import MultiDictProxy
 
 from appservice.config import Config
@@ -30,8 +29,6 @@ from appservice.web.common import (
     too_large,
     unstorable_text,
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Cookie names (not secrets).
 LOGIN_TOKEN = "LOGIN_TOKEN"  # noqa: S105
@@ -138,7 +135,7 @@ async def form_fields(
         raise ApiError(400, "GK_NOT_FORM", "The body is not a readable form.") from None
 
 
-def receive_deadline(seconds: float) -> Any:
+def receive_deadline(seconds: float) -> Middleware:
     """A body must arrive whole within `seconds` of its request's head, or the answer is 408
     (aiohttp bounds the head itself: its keep-alive timeout, set in program.py). Read here
     once, the body stays cached for the handler; one declared too large is refused unread."""
@@ -186,7 +183,7 @@ async def refuse_unstorable_text(request: web.Request) -> None:
         raise unstorable_text()
 
 
-def security_middleware(cookies: Cookies, csrf: Csrf, sessions: Sessions) -> Any:
+def security_middleware(cookies: Cookies, csrf: Csrf, sessions: Sessions) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         await refuse_unstorable_text(request)
