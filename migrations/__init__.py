@@ -1,4 +1,4 @@
-"""Numbered SQL schema changes, applied in order by `appservice.database.upgrade`.
+"""Numbered SQL schema changes, applied in order by `appservice.storage.database.upgrade`.
 
 A shipped file is never edited: a change is a new file. `NNN_name.sql` serves both
 backends; `NNN_name.sqlite.sql` / `NNN_name.postgres.sql` hold a dialect variant.

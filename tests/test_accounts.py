@@ -1,6 +1,6 @@
 """Self-service, end to end: login, TOTP, sessions, sudo, reset, email and language.
 
-Each test names the SECURITY.md rule it proves where it proves one.
+Each test names the security rule it proves where it proves one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Log audit (issue 8; SECURITY.md "Secrets at rest and in logs"): the main flows at DEBUG,
+"""Log audit (issue 8; security rule "secrets at rest and in logs"): the main flows at DEBUG,
 and not one secret in any log record of any library nor in any admin-room message.
 
 Every logger is captured at DEBUG, including the ones a deployment quiets (aiosqlite,

@@ -2,8 +2,8 @@
 
 Every transition from every state, what each named transition writes, which requests
 hold a name and an email, who hears of a change, and two transitions of one request at
-once. The expected table below is the design's (DESIGN.md, "A registration request's
-life"), written out here rather than read from `Transition`, so a change to the code's
+once. The expected table below is the design's (docs/architecture.md, "A request's
+states"), written out here rather than read from `Transition`, so a change to the code's
 table shows up as a failing cell.
 """
 

@@ -1,4 +1,4 @@
-"""SECURITY.md rules of the web API: CSRF, cookies, access rules, brute force, enumeration."""
+"""Security rules of the web API: CSRF, cookies, access rules, brute force, enumeration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Translated texts: one flat YAML catalogue per language in `appservice/locales`.
+"""Translated texts: one flat YAML catalogue per language in `appservice/domain/locales`.
 
 English is complete and the fallback for a language or key that is not shipped.
 """

@@ -13,7 +13,7 @@ from appservice.config import WebConfig
 from appservice.domain.registrations import RegistrationRequest
 from appservice.timeutil import now_ms
 
-TOKEN_BYTES = 32  # 256 bits, above SECURITY.md's 128
+TOKEN_BYTES = 32  # 256 bits, above the 128 our security rules ask for
 SEEN_RESOLUTION_MS = 60_000  # write last_seen at most once a minute per session
 
 
