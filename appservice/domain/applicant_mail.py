@@ -19,7 +19,9 @@ from appservice.runtime.mailer import Mailer
 from appservice.storage.database import acquire, transaction
 from appservice.storage.ratelimit import RateLimiter
 
-CONFIRM_LINK_MS = 60 * 60 * 1000  # mail links live at most an hour (docs/architecture.md, security rules)
+CONFIRM_LINK_MS = (
+    60 * 60 * 1000
+)  # mail links live at most an hour (docs/architecture.md, security rules)
 STATUS_LINK_MS = 30 * 24 * 60 * 60 * 1000
 
 
