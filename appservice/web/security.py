@@ -48,7 +48,8 @@ OPEN_USER_PATHS = ("/api/user/confirm-email", "/api/user/re-trigger-confirmation
 
 
 class Cookies:
-    """Names and flags per our security rules (docs/architecture.md): __Host- over https, bare names on loopback http."""
+    """Names and flags per our security rules (docs/architecture.md): __Host- over https,
+    bare names on loopback http."""
 
     def __init__(self, config: Config) -> None:
         self.secure = config.web.secure
