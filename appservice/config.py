@@ -20,14 +20,15 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from appservice.matrix_ids import LOCALPART_CHARS, LOCALPART_RE, LOCALPART_RULE, user_id
+
 ENV_PREFIX = "GATEKEEPER_"
 GENERATE = "generate"
 
-USER_ID_RE = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-\[\]:]+$")
+USER_ID_RE = re.compile(rf"^@[{LOCALPART_CHARS}]+:[A-Za-z0-9.\-\[\]:]+$")
 # Room IDs lost their ":server" suffix in room version 12.
 ROOM_ID_RE = re.compile(r"^![^\s:]+(:\S+)?$")
 ROOM_ALIAS_RE = re.compile(r"^#[^:]+:.+$")
-LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
 
 
 class ConfigError(Exception):
@@ -50,7 +51,7 @@ def _check_http_url(value: str) -> str:
 
 def _check_localpart(value: str) -> str:
     if not LOCALPART_RE.match(value):
-        raise ValueError("must be a Matrix localpart (a-z, 0-9, ._=-/+)")
+        raise ValueError(f"must be a Matrix localpart ({LOCALPART_RULE})")
     return value
 
 
@@ -136,9 +137,9 @@ class AdminRoomConfig(Section):
     @field_validator("admins")
     @classmethod
     def _user_ids(cls, value: list[str]) -> list[str]:
-        for user_id in value:
-            if not USER_ID_RE.match(user_id):
-                raise ValueError(f"{user_id!r} is not a Matrix user ID (@name:server)")
+        for admin in value:
+            if not USER_ID_RE.match(admin):
+                raise ValueError(f"{admin!r} is not a Matrix user ID (@name:server)")
         return value
 
     @field_validator("command_prefix")
@@ -349,7 +350,7 @@ class Config(Section):
 
     @property
     def bot_user_id(self) -> str:
-        return f"@{self.appservice.bot_username}:{self.homeserver.domain}"
+        return user_id(self.appservice.bot_username, self.homeserver.domain)
 
     def secrets(self) -> list[str]:
         """Every secret value in the config, for log redaction."""

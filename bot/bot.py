@@ -27,14 +27,10 @@ from mautrix.types import (
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
 from appservice.domain.gate import BLOCK_KINDS, Gate
-from appservice.domain.registrations import (
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    Result,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations, Result
 from appservice.domain.signup import MAX_REASON_CHARS
+from appservice.matrix_ids import user_id
 from appservice.storage.bot_state import BotState
 from appservice.timeutil import now_ms
 from bot.admin_room import AdminRoom
@@ -290,10 +286,8 @@ class AdminBot:
 
     def _summary(self, request: RegistrationRequest) -> str:
         email = shown_email(request.email, self.config)
-        return (
-            f"• {request.id} @{request.localpart}:{self.config.homeserver.domain} — {email} — "
-            f"{request.state} — {age(request.created_at)}"
-        )
+        who = user_id(request.localpart, self.config.homeserver.domain)
+        return f"• {request.id} {who} — {email} — {request.state} — {age(request.created_at)}"
 
     @command(
         "invite",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,24 +16,21 @@ from appservice.domain.applicant_mail import ApplicantMail
 from appservice.domain.captcha import Captcha
 from appservice.domain.gate import Gate
 from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registrations import (
-    EmailInUse,
-    NameAlreadyRequested,
+from appservice.domain.registration_request import (
     NewRequest,
     RegistrationRequest,
-    Registrations,
     State,
     initial_state,
 )
+from appservice.domain.registrations import EmailInUse, NameAlreadyRequested, Registrations
 from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
+from appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from appservice.storage.crypto import SecretBox
 from appservice.storage.database import transaction
 from appservice.storage.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
 
 log = logging.getLogger("gatekeeper.signup")
 
-LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
-MAX_USER_ID_BYTES = 255  # the Matrix spec's limit on a whole user ID
 MAX_REASON_CHARS = 2000
 
 
@@ -68,7 +64,7 @@ class SignUpAnswer:
     email: str
 
     def user_id(self, domain: str) -> str:
-        return f"@{self.localpart}:{domain}"
+        return user_id(self.localpart, domain)
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,7 @@ class SignUps:
         self.limit = Limit(config.security.signups_per_hour, 3600)
 
     def user_id(self, localpart: str) -> str:
-        return f"@{localpart}:{self.config.homeserver.domain}"
+        return user_id(localpart, self.config.homeserver.domain)
 
     def parse(self, body: dict[str, Any]) -> SignUpForm:
         """Checks that need no peer: grammar, lengths, email syntax, password rules."""
@@ -143,10 +139,10 @@ class SignUps:
         reason = _text(body, "reason", errors, self.config.registration.require_reason).strip()
 
         if localpart and "userName" not in errors:
-            if len(self.user_id(localpart).encode()) > MAX_USER_ID_BYTES:
+            if not user_id_fits(localpart, self.config.homeserver.domain):
                 errors["userName"] = "is too long"
             elif not LOCALPART_RE.match(localpart):
-                errors["userName"] = "may only contain a-z, 0-9 and . _ = - / +"
+                errors["userName"] = f"may only contain {LOCALPART_RULE}"
             elif self._reserved(localpart):
                 errors["userName"] = "is reserved"
         if email and "email" not in errors:

@@ -25,14 +25,14 @@ from urllib.parse import quote
 import aiohttp
 
 from appservice.config import HomeserverConfig
+from appservice.matrix_ids import LOCALPART_RE, user_id, user_id_fits
 
 log = logging.getLogger("gatekeeper.synapse")
 
 NOT_CONFIGURED = "GK_NOT_CONFIGURED"
-# Synapse's own rules for new localparts (RegistrationHandler.check_username).
-_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+# Synapse's own rules for new localparts (RegistrationHandler.check_username), besides
+# the grammar and length in appservice/matrix_ids.py: guests' names are all digits.
 _GUEST_LOCALPART_RE = re.compile(r"^\d+$")
-_MAX_USER_ID_LENGTH = 255
 _DEVICE_NAME = "Gatekeeper password check"
 # One device for every login of the admin user, so that renewals do not pile devices up.
 _ADMIN_DEVICE_ID = "GATEKEEPER_ADMIN"
@@ -138,7 +138,7 @@ class SynapseAdmin:
             await session.close()
 
     def user_id(self, localpart: str) -> str:
-        return f"@{localpart}:{self.config.domain}"
+        return user_id(localpart, self.config.domain)
 
     @property
     def admin_user_id(self) -> str:
@@ -188,10 +188,10 @@ class SynapseAdmin:
     def _valid_localpart(self, localpart: str) -> bool:
         # Leading "_" is only allowed by a Synapse option we cannot see; assume its default.
         return (
-            bool(_LOCALPART_RE.match(localpart))
+            bool(LOCALPART_RE.match(localpart))
             and not localpart.startswith("_")
             and not _GUEST_LOCALPART_RE.match(localpart)
-            and len(self.user_id(localpart)) <= _MAX_USER_ID_LENGTH
+            and user_id_fits(localpart, self.config.domain)
         )
 
     async def _bot(self) -> str:
@@ -235,7 +235,7 @@ class SynapseAdmin:
         """Create the account, or accept the one an earlier attempt made; return its user ID."""
         # Synapse applies its other rules itself; this one keeps the user ID we compute
         # (and the shared-secret MAC, over the name as sent) equal to what Synapse stores.
-        if not _LOCALPART_RE.match(localpart):
+        if not LOCALPART_RE.match(localpart):
             raise ProvisioningRefused(
                 "M_INVALID_USERNAME", f"{localpart!r} is not a valid Matrix localpart"
             )

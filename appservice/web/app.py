@@ -14,14 +14,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
-from appservice.domain.registrations import (
-    STATUS_PURPOSE,
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    Result,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations, Result
 from appservice.domain.signup import (
     FieldErrors,
     InviteInvalid,
@@ -32,6 +26,7 @@ from appservice.domain.signup import (
 from appservice.homeserver.synapse_admin import HomeserverUnavailable
 from appservice.runtime.monitoring import Monitoring
 from appservice.storage.database import DATABASE_UNAVAILABLE
+from appservice.storage.mail_tokens import STATUS_PURPOSE
 from appservice.storage.ratelimit import RateLimited
 from appservice.web.account_api import AccountApi
 from appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
@@ -365,7 +360,7 @@ def create_web_app(
     app.router.add_get("/api/antibot/challenge", api.antibot_challenge)
     # For load balancers and container health checks; the metrics listener has it too.
     app.router.add_get("/health", monitoring.health)
-    document = openapi_document(app, f"Gatekeeper for {api.config.homeserver.domain}")
+    document = openapi_document(app, api.config.homeserver.domain)
 
     async def openapi(_: web.Request) -> web.Response:
         """The OpenAPI document of this API."""

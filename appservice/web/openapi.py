@@ -14,8 +14,9 @@ from aiohttp import web
 
 from appservice.domain.i18n import Catalogue
 from appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
-from appservice.domain.registrations import State
+from appservice.domain.registration_request import State
 from appservice.domain.signup import MAX_REASON_CHARS
+from appservice.matrix_ids import LOCALPART_CHARS, max_localpart_bytes
 
 TEXT = {"type": "string"}
 FLAG = {"type": "boolean"}
@@ -44,7 +45,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/auth/sign-up": _object(
         ("userName", "email", "password"),
-        userName={"type": "string", "pattern": r"^[a-z0-9._=\-/+]{1,64}$"},
+        # Its maxLength depends on the server name: see _with_user_name_limit().
+        userName={"type": "string", "pattern": rf"^[{LOCALPART_CHARS}]+$", "minLength": 1},
         email=EMAIL,
         password=NEW_PASSWORD,
         language=LANGUAGE,
@@ -241,7 +243,16 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
+def _with_user_name_limit(schema: dict[str, Any], domain: str) -> dict[str, Any]:
+    """The body schema, with `userName` as long as a user ID on `domain` allows."""
+    properties = schema.get("properties", {})
+    if "userName" not in properties:
+        return schema
+    limited = {**properties["userName"], "maxLength": max_localpart_bytes(domain)}
+    return {**schema, "properties": {**properties, "userName": limited}}
+
+
+def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
     # An undescribed route still answers JSON, just of no documented shape.
@@ -266,7 +277,11 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     if method == "POST":
         operation["requestBody"] = {
             "required": path in REQUEST_BODIES and "required" in REQUEST_BODIES[path],
-            "content": {"application/json": {"schema": REQUEST_BODIES.get(path, _object())}},
+            "content": {
+                "application/json": {
+                    "schema": _with_user_name_limit(REQUEST_BODIES.get(path, _object()), domain)
+                }
+            },
         }
     if path.startswith("/api/admin/"):
         operation["security"] = [{"adminToken": []}]
@@ -275,7 +290,7 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     return operation
 
 
-def openapi_document(app: web.Application, title: str) -> dict[str, Any]:
+def openapi_document(app: web.Application, domain: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -283,11 +298,11 @@ def openapi_document(app: web.Application, title: str) -> dict[str, Any]:
         if not path or not path.startswith("/api/") or route.method == "HEAD":
             continue
         paths.setdefault(path, {})[route.method.lower()] = _operation(
-            route.method, path, route.handler
+            route.method, path, route.handler, domain
         )
     return {
         "openapi": "3.0.3",
-        "info": {"title": title, "version": "1"},
+        "info": {"title": f"Gatekeeper for {domain}", "version": "1"},
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR, "Registration": REGISTRATION},
