@@ -36,6 +36,8 @@ from appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.accounts")
 
+# Per client address: generous enough for people behind a shared address (NAT, CGNAT);
+# the mails to one account are capped by RESET_PER_ACCOUNT.
 RESET_PER_ADDRESS = Limit(10, 3600)
 RESET_PER_ACCOUNT = Limit(3, 3600)
 

@@ -27,11 +27,14 @@ from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
 from appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from appservice.storage.crypto import SecretBox
 from appservice.storage.database import transaction
-from appservice.storage.ratelimit import RESEND_PER_ADDRESS, Limit, RateLimiter, address_key
+from appservice.storage.ratelimit import Limit, RateLimiter, address_key
 
 log = logging.getLogger("gatekeeper.signup")
 
 MAX_REASON_CHARS = 2000
+# Generous enough for people behind a shared address (NAT, CGNAT); the mail itself is
+# limited per recipient (RateLimiter.recipient_may_get_mail).
+RESEND_PER_ADDRESS = Limit(10, 3600)
 
 
 class SignUpRefused(Exception):

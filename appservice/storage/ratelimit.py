@@ -29,14 +29,8 @@ class Limit:
         return max(1, round(self.window_seconds * 1000))
 
 
-# Defaults for callers; generous enough for people behind a shared address (NAT, CGNAT),
-# tight enough to make guessing and mail-bombing slow.
-SIGNUP_PER_ADDRESS = Limit(5, 3600)
-LOGIN_PER_ADDRESS = Limit(30, 60)
-RESET_PER_ADDRESS = Limit(5, 3600)
-RESET_PER_ACCOUNT = Limit(3, 3600)
-SECOND_FACTOR_PER_ADDRESS = Limit(30, 60)
-RESEND_PER_ADDRESS = Limit(10, 3600)
+# The limits of one endpoint live with the code that applies them (and come from the config
+# where an operator may tune them); this module holds only the limits it applies itself.
 # Mail nobody can stop by other means (a confirmation sent again, a note that someone used
 # the address to sign up): one per recipient per 5 minutes, and a few a day.
 MAIL_PER_RECIPIENT = Limit(1, 300)
