@@ -16,13 +16,15 @@ from appservice.domain.applicant_mail import ApplicantMail
 from appservice.domain.captcha import Captcha
 from appservice.domain.gate import Gate
 from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registration_request import (
+from appservice.domain.registrations import (
+    EmailInUse,
+    NameAlreadyRequested,
     NewRequest,
     RegistrationRequest,
+    Registrations,
     State,
     initial_state,
 )
-from appservice.domain.registrations import EmailInUse, NameAlreadyRequested, Registrations
 from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
 from appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from appservice.storage.crypto import SecretBox
