@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from appservice.config import Config
 from appservice.domain.applicant_mail import ApplicantMail
+from appservice.domain.errors import FieldErrors
 from appservice.domain.passwords import PasswordHasher, password_problem
 from appservice.domain.registrations import (
     EMAIL_CHANGE_PURPOSE,
@@ -22,7 +23,7 @@ from appservice.domain.registrations import (
     Registrations,
     State,
 )
-from appservice.domain.signup import FieldErrors, valid_email
+from appservice.domain.signup import valid_email
 from appservice.homeserver.synapse_admin import (
     HomeserverUnavailable,
     ProvisioningRefused,

@@ -14,6 +14,7 @@ from appservice.config import Config
 from appservice.domain.antibot import AntiBot
 from appservice.domain.applicant_mail import ApplicantMail
 from appservice.domain.captcha import Captcha
+from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
 from appservice.domain.gate import Gate
 from appservice.domain.passwords import PasswordHasher, password_problem
 from appservice.domain.registrations import (
@@ -37,26 +38,6 @@ MAX_REASON_CHARS = 2000
 # Generous enough for people behind a shared address (NAT, CGNAT); the mail itself is
 # limited per recipient (RateLimiter.recipient_may_get_mail).
 RESEND_PER_ADDRESS = Limit(10, 3600)
-
-
-class SignUpRefused(Exception):
-    """Refused for a reason the applicant is not told (block, anti-bot): one neutral answer."""
-
-
-class SignUpsClosed(Exception):
-    """The admins paused sign-ups; the reason is shown."""
-
-
-class InviteInvalid(Exception):
-    """The invite link is unknown, used up, expired or revoked (checked before any mail)."""
-
-
-class FieldErrors(Exception):
-    """Bad input, by field (the API's camelCase names); nothing has been written."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__(", ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
 
 
 @dataclass(frozen=True)

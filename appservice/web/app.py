@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
+from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
 from appservice.domain.registrations import (
     STATUS_PURPOSE,
     Outcome,
@@ -22,13 +23,7 @@ from appservice.domain.registrations import (
     Result,
     State,
 )
-from appservice.domain.signup import (
-    FieldErrors,
-    InviteInvalid,
-    SignUpRefused,
-    SignUps,
-    SignUpsClosed,
-)
+from appservice.domain.signup import SignUps
 from appservice.homeserver.synapse_admin import HomeserverUnavailable
 from appservice.runtime.monitoring import Monitoring
 from appservice.storage.database import DATABASE_UNAVAILABLE

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.domain.signup import FieldErrors
+from appservice.domain.errors import FieldErrors
 from appservice.web.openapi import REQUEST_BODIES
 
 MAX_BODY_BYTES = 64 * 1024

@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from appservice.config import AntibotConfig, Config
 from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
 from appservice.domain.captcha import PROVIDERS
+from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
 from appservice.domain.i18n import Catalogue
 from appservice.domain.registrations import (
     STATUS_PURPOSE,
@@ -28,13 +29,7 @@ from appservice.domain.registrations import (
     Registrations,
     State,
 )
-from appservice.domain.signup import (
-    FieldErrors,
-    InviteInvalid,
-    SignUpRefused,
-    SignUps,
-    SignUpsClosed,
-)
+from appservice.domain.signup import SignUps
 from appservice.storage.ratelimit import RateLimited
 from appservice.storage.sessions import Session, Sessions
 from appservice.storage.totp import Enrolment
