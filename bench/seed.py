@@ -7,7 +7,7 @@ import secrets
 
 from mautrix.util.async_db import Database
 
-from appservice.domain.registrations import STATUS_PURPOSE, hash_token
+from appservice.storage.mail_tokens import STATUS_PURPOSE, hash_token
 from appservice.timeutil import now_ms
 
 DAY_MS = 86_400_000

@@ -27,13 +27,8 @@ from mautrix.types import (
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
 from appservice.domain.gate import BLOCK_KINDS, Gate
-from appservice.domain.registrations import (
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    Result,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations, Result
 from appservice.domain.signup import MAX_REASON_CHARS
 from appservice.matrix_ids import user_id
 from appservice.storage.bot_state import BotState

@@ -16,7 +16,8 @@ from mautrix.appservice import IntentAPI
 from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
 
 from appservice.config import Config
-from appservice.domain.registrations import RegistrationRequest, Registrations, State
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Registrations
 from bot.admin_room import AdminRoom
 from bot.commands import Reply
 

@@ -14,13 +14,8 @@ from mautrix.util.async_db.connection import LoggingConnection
 from appservice import timeutil
 from appservice.domain.applicant_mail import ApplicantMail
 from appservice.domain.provisioner import Provisioner
-from appservice.domain.registrations import (
-    NewRequest,
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    State,
-)
+from appservice.domain.registration_request import NewRequest, RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations
 from appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,

@@ -20,21 +20,22 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import DatabaseConfig
-from appservice.domain.registrations import (
-    CONFIRM_PURPOSE,
-    STATUS_PURPOSE,
+from appservice.domain.registration_request import (
     AuditEntry,
-    EmailInUse,
-    NameAlreadyRequested,
     NewRequest,
-    Outcome,
     RegistrationRequest,
-    Registrations,
     State,
-    Transition,
     initial_state,
 )
+from appservice.domain.registrations import (
+    EmailInUse,
+    NameAlreadyRequested,
+    Outcome,
+    Registrations,
+    Transition,
+)
 from appservice.storage.database import create_database, transaction, upgrade
+from appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE
 from appservice.timeutil import now_ms
 
 U, P, A = State.UNVERIFIED, State.PENDING, State.APPROVED

@@ -13,7 +13,8 @@ from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
 from appservice.config import SecurityConfig
-from appservice.domain.registrations import NewRequest, Registrations
+from appservice.domain.registration_request import NewRequest
+from appservice.domain.registrations import Registrations
 from appservice.storage.crypto import SecretBox
 from appservice.storage.database import upgrade
 from appservice.storage.totp import TotpStore

@@ -16,13 +16,8 @@ from appservice.config import Config
 from appservice.domain.applicant_mail import ApplicantMail
 from appservice.domain.errors import FieldErrors
 from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registrations import (
-    EMAIL_CHANGE_PURPOSE,
-    RESET_PURPOSE,
-    RegistrationRequest,
-    Registrations,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Registrations
 from appservice.domain.signup import valid_email
 from appservice.homeserver.synapse_admin import (
     HomeserverUnavailable,
@@ -30,6 +25,7 @@ from appservice.homeserver.synapse_admin import (
     SynapseAdmin,
 )
 from appservice.storage.crypto import SecretBox
+from appservice.storage.mail_tokens import EMAIL_CHANGE_PURPOSE, RESET_PURPOSE
 from appservice.storage.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
 from appservice.storage.sessions import Session, Sessions
 from appservice.storage.totp import Enrolment, TotpStore

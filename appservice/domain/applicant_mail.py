@@ -6,17 +6,16 @@ from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import Config
 from appservice.domain.i18n import Catalogue
-from appservice.domain.registrations import (
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Registrations
+from appservice.runtime.mailer import Mailer
+from appservice.storage.database import acquire, transaction
+from appservice.storage.mail_tokens import (
     CONFIRM_PURPOSE,
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
     STATUS_PURPOSE,
-    RegistrationRequest,
-    Registrations,
-    State,
 )
-from appservice.runtime.mailer import Mailer
-from appservice.storage.database import acquire, transaction
 from appservice.storage.ratelimit import RateLimiter
 
 CONFIRM_LINK_MS = (

@@ -15,9 +15,10 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from appservice.config import RegistrationConfig
-from appservice.domain.registrations import REQUEST_ID_ALPHABET, hash_token
+from appservice.domain.registration_request import REQUEST_ID_ALPHABET
 from appservice.storage.bot_state import BotState
 from appservice.storage.database import Row
+from appservice.storage.mail_tokens import hash_token
 from appservice.timeutil import now_ms
 
 BLOCK_KINDS = ("email-domain", "email", "ip", "username")

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from appservice.config import Config
 from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.registrations import RegistrationRequest, Registrations
+from appservice.domain.registration_request import RegistrationRequest
+from appservice.domain.registrations import Registrations
 from appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,

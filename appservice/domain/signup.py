@@ -17,15 +17,13 @@ from appservice.domain.captcha import Captcha
 from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
 from appservice.domain.gate import Gate
 from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registrations import (
-    EmailInUse,
-    NameAlreadyRequested,
+from appservice.domain.registration_request import (
     NewRequest,
     RegistrationRequest,
-    Registrations,
     State,
     initial_state,
 )
+from appservice.domain.registrations import EmailInUse, NameAlreadyRequested, Registrations
 from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
 from appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from appservice.storage.crypto import SecretBox

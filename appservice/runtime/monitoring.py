@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from appservice.config import Config
-from appservice.domain.registrations import STATE_OF, State
+from appservice.domain.registration_request import STATE_OF, State
 from appservice.runtime.leadership import Leadership
 
 log = logging.getLogger("gatekeeper.monitoring")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from mautrix.util.async_db import Database
 
 from appservice.config import WebConfig
-from appservice.domain.registrations import RegistrationRequest
+from appservice.domain.registration_request import RegistrationRequest
 from appservice.timeutil import now_ms
 
 TOKEN_BYTES = 32  # 256 bits, above the 128 our security rules ask for

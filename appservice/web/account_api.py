@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
-from appservice.domain.registrations import State
+from appservice.domain.registration_request import State
 from appservice.storage.sessions import Session, Sessions
 from appservice.web.common import ApiError, flag_field, json_body, text_field
 from appservice.web.security import (

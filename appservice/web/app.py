@@ -15,18 +15,13 @@ from aiohttp.typedefs import Handler, Middleware
 from appservice.config import Config
 from appservice.domain.decisions import Decisions
 from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
-from appservice.domain.registrations import (
-    STATUS_PURPOSE,
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    Result,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations, Result
 from appservice.domain.signup import SignUps
 from appservice.homeserver.synapse_admin import HomeserverUnavailable
 from appservice.runtime.monitoring import Monitoring
 from appservice.storage.database import DATABASE_UNAVAILABLE
+from appservice.storage.mail_tokens import STATUS_PURPOSE
 from appservice.storage.ratelimit import RateLimited
 from appservice.web.account_api import AccountApi
 from appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from appservice.domain.i18n import Catalogue
 from appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
-from appservice.domain.registrations import State
+from appservice.domain.registration_request import State
 from appservice.domain.signup import MAX_REASON_CHARS
 from appservice.matrix_ids import LOCALPART_CHARS, max_localpart_bytes
 

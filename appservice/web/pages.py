@@ -22,14 +22,10 @@ from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
 from appservice.domain.captcha import PROVIDERS
 from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
 from appservice.domain.i18n import Catalogue
-from appservice.domain.registrations import (
-    STATUS_PURPOSE,
-    Outcome,
-    RegistrationRequest,
-    Registrations,
-    State,
-)
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations
 from appservice.domain.signup import SignUps
+from appservice.storage.mail_tokens import STATUS_PURPOSE
 from appservice.storage.ratelimit import RateLimited
 from appservice.storage.sessions import Session, Sessions
 from appservice.storage.totp import Enrolment

@@ -20,7 +20,7 @@ from multidict import MultiDictProxy
 
 from appservice.config import Config
 from appservice.domain.accounts import LoginResult
-from appservice.domain.registrations import RegistrationRequest
+from appservice.domain.registration_request import RegistrationRequest
 from appservice.storage.sessions import Session, Sessions
 from appservice.web.common import (
     MAX_BODY_BYTES,

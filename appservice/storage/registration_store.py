@@ -1,0 +1,300 @@
+"""Queries of the `registration_request` and `registration_audit` tables that are not
+state changes: reading requests, search and statistics, the account's attributes
+(password, language, email), and the admin-room notice bookkeeping.
+
+A request's state is written only by `appservice/domain/registrations.py`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from mautrix.util.async_db import Database
+from mautrix.util.async_db.connection import LoggingConnection
+
+from appservice.domain.registration_request import (
+    COLUMNS,
+    HOLDING_STATES,
+    LOGIN_STATES,
+    STATE_OF,
+    AuditEntry,
+    RegistrationRequest,
+    State,
+    Statistics,
+    shown_state,
+)
+from appservice.storage.database import transaction
+
+Connection = LoggingConnection | Database
+
+
+def status_in(states: Sequence[State]) -> str:
+    """SQL that matches the requests in `states` by their status alone: `status IN (...)`.
+
+    The states must hold every state of their statuses (approved is four states), so that
+    the status is enough to tell them from the others."""
+    statuses = list(dict.fromkeys(COLUMNS[state][0] for state in states))
+    others = [s for s in State if s not in states and COLUMNS[s][0] in statuses]
+    if others:
+        raise ValueError(f"the status does not tell {states} from {others}")
+    return "status IN (" + ", ".join(f"'{status}'" for status in statuses) + ")"
+
+
+def in_state(state: State) -> str:
+    """SQL that matches the requests in `state`: its two columns."""
+    status, matrix_status = COLUMNS[state]
+    return f"status='{status}' AND matrix_status='{matrix_status}'"
+
+
+async def read(conn: Connection, request_id: str) -> RegistrationRequest | None:
+    row = await conn.fetchrow("SELECT * FROM registration_request WHERE id=$1", request_id)
+    return RegistrationRequest.from_row(row) if row else None
+
+
+class RegistrationStore:
+    """Reads requests and writes what is not their state."""
+
+    db: Database
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def get(self, request_id: str) -> RegistrationRequest | None:
+        return await read(self.db, request_id.strip().lower())
+
+    async def by_notice(self, event_id: str) -> RegistrationRequest | None:
+        row = await self.db.fetchrow(
+            "SELECT * FROM registration_request WHERE notice_event_id=$1", event_id
+        )
+        return RegistrationRequest.from_row(row) if row else None
+
+    async def in_state(
+        self, state: State, limit: int = 50, offset: int = 0
+    ) -> list[RegistrationRequest]:
+        status, matrix_status = COLUMNS[state]
+        rows = await self.db.fetch(
+            "SELECT * FROM registration_request WHERE status=$1 AND matrix_status=$2"
+            " ORDER BY created_at, id LIMIT $3 OFFSET $4",
+            status,
+            matrix_status,
+            limit,
+            offset,
+        )
+        return [RegistrationRequest.from_row(row) for row in rows]
+
+    async def count_in_state(self, state: State) -> int:
+        status, matrix_status = COLUMNS[state]
+        return int(
+            await self.db.fetchval(
+                "SELECT COUNT(*) FROM registration_request WHERE status=$1 AND matrix_status=$2",
+                status,
+                matrix_status,
+            )
+        )
+
+    async def ids_in_state(self, state: State) -> list[str]:
+        rows = await self.db.fetch(
+            f"SELECT id FROM registration_request WHERE {in_state(state)}"  # noqa: S608 (ours)
+        )
+        return [row["id"] for row in rows]
+
+    async def ids_created_before(self, states: Sequence[State], cutoff_ms: int) -> list[str]:
+        rows = await self.db.fetch(
+            f"SELECT id FROM registration_request WHERE {status_in(states)}"  # noqa: S608 (ours)
+            " AND created_at < $1",
+            cutoff_ms,
+        )
+        return [row["id"] for row in rows]
+
+    async def search(self, text: str, limit: int = 20) -> list[RegistrationRequest]:
+        pattern = "%" + text.lower().replace("\\", "").replace("%", "").replace("_", "") + "%"
+        rows = await self.db.fetch(
+            "SELECT * FROM registration_request WHERE localpart LIKE $1 OR LOWER(email) LIKE $1"
+            " OR id LIKE $1 ORDER BY created_at DESC LIMIT $2",
+            pattern,
+            limit,
+        )
+        return [RegistrationRequest.from_row(row) for row in rows]
+
+    async def statistics(self, since_ms: int) -> Statistics:
+        """Requests made since `since_ms`: by state, time to decision, approvals by admin."""
+        rows = await self.db.fetch(
+            "SELECT status, matrix_status, created_at, decided_at, decided_by"
+            " FROM registration_request WHERE created_at >= $1",
+            since_ms,
+        )
+        by_state: dict[str, int] = {}
+        approvals: dict[str, int] = {}
+        waits = []
+        for row in rows:
+            state = STATE_OF[(row["status"], row["matrix_status"])]
+            by_state[state.value] = by_state.get(state.value, 0) + 1
+            if row["decided_at"] is not None:
+                waits.append(int(row["decided_at"]) - int(row["created_at"]))
+            if row["status"] == COLUMNS[State.APPROVED][0] and row["decided_by"]:
+                approvals[row["decided_by"]] = approvals.get(row["decided_by"], 0) + 1
+        return Statistics(
+            len(rows), by_state, statistics.median(waits) if waits else None, approvals
+        )
+
+    async def history(self, request_id: str) -> list[AuditEntry]:
+        rows = await self.db.fetch(
+            "SELECT at, actor, from_state, to_state, reason FROM registration_audit"
+            " WHERE request_id=$1 ORDER BY at, to_state",
+            request_id,
+        )
+        return [AuditEntry(**{k: row[k] for k in AuditEntry.__dataclass_fields__}) for row in rows]
+
+    async def newest_unconfirmed(self, email: str) -> RegistrationRequest | None:
+        """The newest unverified request of this address, if any."""
+        row = await self.db.fetchrow(
+            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"  # noqa: S608
+            f" AND {status_in((State.UNVERIFIED,))}"
+            " ORDER BY created_at DESC, id LIMIT 1",
+            email,
+        )
+        return RegistrationRequest.from_row(row) if row else None
+
+    async def for_login(self, email: str) -> RegistrationRequest | None:
+        """The newest request of this address whose owner may log in."""
+        rows = await self.db.fetch(
+            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"
+            " AND email_verified ORDER BY created_at DESC",
+            email.strip(),
+        )
+        for row in rows:
+            request = RegistrationRequest.from_row(row)
+            if request.state in LOGIN_STATES:
+                return request
+        return None
+
+    async def name_requested(self, localpart: str, conn: Connection | None = None) -> bool:
+        row = await (conn or self.db).fetchval(
+            "SELECT 1 FROM registration_request WHERE localpart=$1"  # noqa: S608 (ours)
+            f" AND {status_in(HOLDING_STATES)}",
+            localpart,
+        )
+        return row is not None
+
+    async def holder_of_email(
+        self, email: str, other_than: str = "", conn: Connection | None = None
+    ) -> RegistrationRequest | None:
+        """The live request or account that holds this email, if any."""
+        row = await (conn or self.db).fetchrow(
+            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"  # noqa: S608
+            f" AND {status_in(HOLDING_STATES)} AND id <> $2",
+            email.strip(),
+            other_than,
+        )
+        return RegistrationRequest.from_row(row) if row else None
+
+    # --- account attributes (not the request's state) ---------------------------------
+
+    async def set_password_hash(self, request_id: str, password_hash: str) -> None:
+        await self.db.execute(
+            "UPDATE registration_request SET password_hash=$2 WHERE id=$1",
+            request_id,
+            password_hash,
+        )
+
+    async def set_password(
+        self, request_id: str, password_hash: str, password_encrypted: str
+    ) -> bool:
+        """A new password; True if the account is still to be made, and will be made with it.
+
+        Until provisioning takes the request, it keeps the password for the account to come;
+        one statement, so a provisioning round that takes it meanwhile sees one or the other.
+        """
+        to_come = await self.db.fetchval(
+            "UPDATE registration_request SET password_hash=$2, password_encrypted="
+            " CASE WHEN matrix_status='pending' AND password_encrypted IS NOT NULL"
+            " THEN $3 ELSE password_encrypted END WHERE id=$1"
+            " RETURNING matrix_status='pending' AND password_encrypted IS NOT NULL",
+            request_id,
+            password_hash,
+            password_encrypted,
+        )
+        return bool(to_come)
+
+    async def set_language(self, request_id: str, language: str) -> None:
+        await self.db.execute(
+            "UPDATE registration_request SET language=$2 WHERE id=$1", request_id, language
+        )
+
+    async def set_pending_email(self, request_id: str, email: str | None) -> None:
+        await self.db.execute(
+            "UPDATE registration_request SET pending_email=$2 WHERE id=$1", request_id, email
+        )
+
+    async def adopt_pending_email(self, request_id: str) -> str | None:
+        """Make the confirmed new address the request's email; returns the old one.
+
+        None, and the change dropped, if another request or account took the new address
+        meanwhile: an email belongs to one of them at a time."""
+        async with transaction(self.db) as conn:
+            row = await conn.fetchrow(
+                "SELECT email, pending_email FROM registration_request WHERE id=$1", request_id
+            )
+            if row is None or row["pending_email"] is None:
+                return None
+            if await self.holder_of_email(row["pending_email"], request_id, conn):
+                await conn.execute(
+                    "UPDATE registration_request SET pending_email=NULL WHERE id=$1", request_id
+                )
+                return None
+            await conn.execute(
+                "UPDATE registration_request SET email=pending_email, pending_email=NULL"
+                " WHERE id=$1",
+                request_id,
+            )
+            return str(row["email"])
+
+    # --- provisioning queue ------------------------------------------------------------
+
+    async def next_due_for_provisioning(self, now: int) -> str | None:
+        """The ID of the approved request that waits longest past its next attempt."""
+        value = await self.db.fetchval(
+            f"SELECT id FROM registration_request WHERE {in_state(State.APPROVED)}"  # noqa: S608
+            " AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 1",
+            now,
+        )
+        return None if value is None else str(value)
+
+    async def next_provisioning_due(self) -> int | None:
+        """When the next approved request may be tried, in ms (None: nothing waits)."""
+        value = await self.db.fetchval(
+            "SELECT MIN(next_attempt_at) FROM registration_request"  # noqa: S608 (ours)
+            f" WHERE {in_state(State.APPROVED)}"
+        )
+        return None if value is None else int(value)
+
+    # --- notice bookkeeping (not a state change) --------------------------------------
+
+    async def notices_behind(self, limit: int = 100) -> list[RegistrationRequest]:
+        """Requests whose admin-room notice is missing or shows an older state."""
+        # The WHERE is the partial index registration_request_notice_behind's (migration
+        # 006), word for word, so both databases read only the requests that are behind.
+        rows = await self.db.fetch(
+            "SELECT * FROM registration_request"
+            " WHERE (notice_event_id IS NULL AND (status='pending'"
+            "   OR (status='approved' AND invite_id IS NOT NULL)))"
+            " OR (notice_event_id IS NOT NULL AND notice_state <> ("
+            "   CASE WHEN status='approved' THEN"
+            "     CASE matrix_status WHEN 'success' THEN 'active' WHEN 'failed' THEN 'failed'"
+            "       ELSE 'approved' END"
+            "   ELSE status END))"
+            " ORDER BY updated_at LIMIT $1",
+            limit,
+        )
+        return [RegistrationRequest.from_row(row) for row in rows]
+
+    async def record_notice(self, request_id: str, event_id: str, shown: State) -> None:
+        await self.db.execute(
+            "UPDATE registration_request SET notice_event_id=$2, notice_state=$3 WHERE id=$1",
+            request_id,
+            event_id,
+            shown_state(shown),
+        )
