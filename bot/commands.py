@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mautrix.types import EventID, RoomID, UserID
 
@@ -59,12 +59,23 @@ class BoundCommand:
     handler: CommandHandler
 
 
-def collect_commands(owner: Any) -> dict[str, BoundCommand]:
-    """The commands declared with @command on `owner`'s methods, by name."""
-    found: dict[str, BoundCommand] = {}
-    for attribute in dir(type(owner)):
-        spec = getattr(getattr(type(owner), attribute), COMMAND_SPEC_ATTR, None)
+def declared_commands(cls: type) -> dict[str, CommandSpec]:
+    """The specs declared with @command on `cls`'s methods, by method name."""
+    found: dict[str, CommandSpec] = {}
+    for attribute in dir(cls):
+        spec = getattr(getattr(cls, attribute), COMMAND_SPEC_ATTR, None)
         if isinstance(spec, CommandSpec):
+            found[attribute] = spec
+    return found
+
+
+def collect_commands(*owners: object) -> dict[str, BoundCommand]:
+    """The commands declared with @command on the owners' methods, by name; each name once."""
+    found: dict[str, BoundCommand] = {}
+    for owner in owners:
+        for attribute, spec in declared_commands(type(owner)).items():
+            if spec.name in found:
+                raise ValueError(f"Command {spec.name} is declared twice")
             found[spec.name] = BoundCommand(spec, getattr(owner, attribute))
     return found
 

@@ -38,8 +38,8 @@ from appservice.web.security import (
     LOGIN_TOKEN,
     SUDO_TOKEN,
 )
-from bot.bot import AdminBot
-from bot.commands import COMMAND_SPEC_ATTR, CommandSpec
+from bot.bot import COMMAND_CLASSES
+from bot.commands import CommandSpec, declared_commands
 from bot.notices import APPROVE_KEYS, REJECT_KEYS
 
 DOCS = Path(__file__).resolve().parent
@@ -337,15 +337,21 @@ def api_reference() -> str:
 
 
 def command_specs() -> list[CommandSpec]:
-    """The commands the bot declares with @command, by name."""
-    specs = [getattr(member, COMMAND_SPEC_ATTR, None) for member in vars(AdminBot).values()]
-    return sorted((s for s in specs if isinstance(s, CommandSpec)), key=lambda s: s.name)
+    """The commands the bot declares with @command, in all its command classes, by name."""
+    specs = [spec for cls in COMMAND_CLASSES for spec in declared_commands(cls).values()]
+    return sorted(specs, key=lambda s: s.name)
+
+
+def command_sources() -> str:
+    """The files of the command classes: `bot/bot.py, bot/commands_requests.py and …`."""
+    *others, last = [cls.__module__.replace(".", "/") + ".py" for cls in COMMAND_CLASSES]
+    return f"{', '.join(others)} and {last}" if others else last
 
 
 def admin_commands() -> str:
     default_prefix = str(_model_of_section("admin_room").model_fields["command_prefix"].default)
     lines = [
-        GENERATED_NOTE.format(source="the @command declarations of bot/bot.py"),
+        GENERATED_NOTE.format(source=f"the @command declarations of {command_sources()}"),
         "",
         "# Admin-room commands",
         "",

@@ -1,0 +1,109 @@
+"""The admin-room commands on sign-up requests: decide, list, show and find them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from appservice.config import Config
+from appservice.domain.decisions import Decisions
+from appservice.domain.registration_request import RegistrationRequest, State
+from appservice.domain.registrations import Outcome, Registrations, Result
+from appservice.domain.signup import MAX_REASON_CHARS
+from appservice.matrix_ids import user_id
+from bot.commands import CommandContext, Reply, command
+from bot.notices import age, describe, one_line, shown_email
+
+PAGE_SIZE = 10
+DECISION_ANSWERS = {
+    Outcome.CHANGED: "{verb} {id} ({user_id}).",
+    Outcome.ALREADY: "{id} is already {state}.",
+    Outcome.REFUSED: "{id} cannot be {verb_lower}: it is {state}.",
+}
+
+
+class RequestCommands:
+    def __init__(self, config: Config, registrations: Registrations, decisions: Decisions) -> None:
+        self.config = config
+        self.prefix = config.admin_room.command_prefix
+        self.registrations = registrations
+        self.decisions = decisions
+
+    def _decision_answer(self, result: Result, request_id: str, verb: str) -> Reply:
+        if result.outcome is Outcome.NOT_FOUND or result.request is None:
+            return Reply(f"There is no request {request_id}. {self.prefix}search finds one.")
+        request = result.request
+        return Reply(
+            DECISION_ANSWERS[result.outcome].format(
+                verb=verb,
+                verb_lower=verb.lower(),
+                id=request.id,
+                state=request.state,
+                user_id=request.user_id(self.config.homeserver.domain),
+            )
+        )
+
+    @command("approve", args="<id>", help="approve a request: its account is created")
+    async def approve(self, ctx: CommandContext) -> Reply:
+        if len(ctx.args) != 1:
+            return Reply(f"Usage: {self.prefix}approve <id>")
+        result = await self.decisions.approve(ctx.args[0], ctx.sender)
+        return self._decision_answer(result, ctx.args[0], "Approved")
+
+    @command("reject", args="<id> [reason]", help="reject a request; the reason is mailed")
+    async def reject(self, ctx: CommandContext) -> Reply:
+        if not ctx.args:
+            return Reply(f"Usage: {self.prefix}reject <id> [reason]")
+        reason = ctx.raw_args[len(ctx.args[0]) :].strip()
+        result = await self.decisions.reject(ctx.args[0], ctx.sender, reason)
+        return self._decision_answer(result, ctx.args[0], "Rejected")
+
+    @command("pending", args="[page]", help="list the requests waiting for a decision")
+    async def pending(self, ctx: CommandContext) -> Reply:
+        page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
+        total = await self.registrations.count_in_state(State.PENDING)
+        if total == 0:
+            return Reply("No requests are waiting for a decision.")
+        pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
+        page = min(max(page, 1), pages)
+        requests = await self.registrations.in_state(
+            State.PENDING, PAGE_SIZE, (page - 1) * PAGE_SIZE
+        )
+        lines = [f"Pending requests, page {page} of {pages} ({total} in all):"]
+        lines += [self._summary(r) for r in requests]
+        if page < pages:
+            lines.append(f"Next: {self.prefix}pending {page + 1}")
+        return Reply("\n".join(lines))
+
+    @command("show", args="<id>", help="show a request and its history")
+    async def show(self, ctx: CommandContext) -> Reply:
+        if len(ctx.args) != 1:
+            return Reply(f"Usage: {self.prefix}show <id>")
+        request = await self.registrations.get(ctx.args[0])
+        if request is None:
+            return Reply(f"There is no request {ctx.args[0]}. {self.prefix}search finds one.")
+        # The whole reason (sign-ups keep at most MAX_REASON_CHARS), still on one line.
+        notice = describe(request, self.config, self.prefix, reason_chars=MAX_REASON_CHARS)
+        lines = [notice.text, f"State: {request.state}"]
+        lines.append("History:")
+        for entry in await self.registrations.history(request.id):
+            when = datetime.fromtimestamp(entry.at / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            change = f"{entry.from_state or 'new'} → {entry.to_state}"
+            why = f" ({one_line(entry.reason)})" if entry.reason else ""
+            lines.append(f"• {when} {change} by {entry.actor}{why}")
+        return Reply("\n".join(lines))
+
+    @command("search", args="<text>", help="find requests by name, email or ID")
+    async def search(self, ctx: CommandContext) -> Reply:
+        if not ctx.raw_args:
+            return Reply(f"Usage: {self.prefix}search <text>")
+        found = await self.registrations.search(ctx.raw_args)
+        if not found:
+            return Reply(f"No request matches “{ctx.raw_args}”.")
+        return Reply(
+            "\n".join([f"Requests matching “{ctx.raw_args}”:"] + [self._summary(r) for r in found])
+        )
+
+    def _summary(self, request: RegistrationRequest) -> str:
+        email = shown_email(request.email, self.config)
+        who = user_id(request.localpart, self.config.homeserver.domain)
+        return f"• {request.id} {who} — {email} — {request.state} — {age(request.created_at)}"
