@@ -661,12 +661,14 @@ async def test_two_sign_ups_for_one_email_at_once(registrations: Registrations) 
     assert sorted(type(o).__name__ for o in outcomes) == ["EmailInUse", "RegistrationRequest"]
 
 
-# --- listeners --------------------------------------------------------------------------
+# --- on_change: who hears of committed changes ----------------------------------------
 
 
-async def test_listeners_hear_only_committed_changes(registrations: Registrations) -> None:
+async def test_on_change_hears_only_committed_changes(shared_db: Database) -> None:
     heard: list[tuple[str, State]] = []
-    registrations.listeners.append(lambda request: heard.append((request.id, request.state)))
+    registrations = Registrations(
+        shared_db, on_change=lambda request: heard.append((request.id, request.state))
+    )
 
     request = await registrations.create(new_request(), confirmed=True)
     assert heard == [(request.id, State.PENDING)]
@@ -683,7 +685,7 @@ async def test_listeners_hear_only_committed_changes(registrations: Registration
 async def test_a_failing_consequence_undoes_the_transition(registrations: Registrations) -> None:
     request = await request_in(registrations, State.PENDING)
     heard: list[RegistrationRequest] = []
-    registrations.listeners.append(heard.append)
+    registrations = Registrations(registrations.db, on_change=heard.append)
     history = await registrations.history(request.id)
 
     async def mail_fails(conn: LoggingConnection, rejected: RegistrationRequest) -> None:
@@ -712,7 +714,9 @@ async def test_approve_and_reject_at_once_one_wins(
 ) -> None:
     heard: list[State] = []
     request = await request_in(registrations, State.PENDING)
-    registrations.listeners.append(lambda changed: heard.append(changed.state))
+    registrations = Registrations(
+        registrations.db, on_change=lambda changed: heard.append(changed.state)
+    )
     history = await registrations.history(request.id)
 
     approved, rejected = await asyncio.gather(

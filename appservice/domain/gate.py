@@ -95,15 +95,19 @@ def check_block_value(kind: str, value: str) -> str:
 
 
 class Gate:
-    def __init__(self, db: Database, config: RegistrationConfig, state: BotState) -> None:
+    """`room_note` writes a one-line note into the admin room (it drops the note when this
+    process has no admin room, e.g. while standing by)."""
+
+    def __init__(
+        self, db: Database, config: RegistrationConfig, state: BotState, room_note: RoomNote
+    ) -> None:
         self.db = db
         self.config = config
         self.state = state
-        self.room_note: RoomNote | None = None
+        self._room_note = room_note
 
     async def tell_room(self, text: str) -> None:
-        if self.room_note is not None:
-            await self.room_note(text)
+        await self._room_note(text)
 
     # --- audit -------------------------------------------------------------------------
 

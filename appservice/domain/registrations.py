@@ -119,11 +119,11 @@ Listener = Callable[[RegistrationRequest], None]
 
 class Registrations(RegistrationStore, MailTokens):
     """Requests and their transitions, with the store's queries and the mail tokens.
-    Listeners hear of every committed change."""
+    `on_change` hears of every committed change, after the commit."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_change: Listener | None = None) -> None:
         super().__init__(db)
-        self.listeners: list[Listener] = []
+        self._on_change = on_change
 
     # --- creating ----------------------------------------------------------------------
 
@@ -397,5 +397,5 @@ class Registrations(RegistrationStore, MailTokens):
             self._notify(result.request)
 
     def _notify(self, request: RegistrationRequest) -> None:
-        for listener in self.listeners:
-            listener(request)
+        if self._on_change is not None:
+            self._on_change(request)

@@ -37,7 +37,6 @@ class Leadership:
         self.active = False
         # Set when the active role is lost (the lock's connection dropped).
         self.lost = asyncio.Event()
-        self.on_changes: Callable[[], None] = lambda: None
 
     @property
     def role(self) -> str:
@@ -58,10 +57,13 @@ class Leadership:
 
 
 class PostgresLeadership(Leadership):
-    def __init__(self, url: str, db: Database) -> None:
+    """`on_changes` is called when another process announces changes (while we are active)."""
+
+    def __init__(self, url: str, db: Database, on_changes: Callable[[], None]) -> None:
         super().__init__()
         self._url = url
         self._db = db
+        self._on_changes = on_changes
         self._conn: asyncpg.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._announcements: set[asyncio.Task[None]] = set()
@@ -140,7 +142,7 @@ class PostgresLeadership(Leadership):
                 return
 
     def _heard(self, *_: object) -> None:
-        self.on_changes()
+        self._on_changes()
 
     async def _notify(self) -> None:
         try:
@@ -150,7 +152,11 @@ class PostgresLeadership(Leadership):
             log.warning("Could not wake the active process: %s", error)
 
 
-def leadership_for(config: DatabaseConfig, db: Database) -> Leadership:
+def leadership_for(
+    config: DatabaseConfig, db: Database, on_changes: Callable[[], None]
+) -> Leadership:
+    """The leadership for this database; `on_changes` hears other processes' wake-up calls
+    (with SQLite there are none)."""
     if config.url.startswith("sqlite:"):
         return Leadership()
-    return PostgresLeadership(config.url, db)
+    return PostgresLeadership(config.url, db, on_changes)

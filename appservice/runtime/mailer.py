@@ -42,7 +42,16 @@ def mask_address(address: str) -> str:
 
 
 class Mailer:
-    def __init__(self, config: SmtpConfig, db: Database, box: SecretBox) -> None:
+    """`on_wake` hears that mail was queued (wake()): our own sender by default, or what
+    passes the news on to the active process."""
+
+    def __init__(
+        self,
+        config: SmtpConfig,
+        db: Database,
+        box: SecretBox,
+        on_wake: Callable[[], None] | None = None,
+    ) -> None:
         self._config = config
         self._db = db
         self._box = box
@@ -54,8 +63,7 @@ class Mailer:
         # make_msgid() would otherwise ask DNS for our host name, blocking the loop.
         sender_domain = parseaddr(config.from_address)[1].rpartition("@")[2]
         self._msgid_domain = sender_domain or "gatekeeper.invalid"
-        # Who hears that mail was queued: our own sender, or (standing by) the active process.
-        self.on_wake: Callable[[], None] = self.wake_sender
+        self._on_wake = on_wake or self.wake_sender
 
     async def enqueue(
         self, conn: LoggingConnection | Database, recipient: str, subject: str, body: str
@@ -78,7 +86,7 @@ class Mailer:
         )
 
     def wake(self) -> None:
-        self.on_wake()
+        self._on_wake()
 
     def wake_sender(self) -> None:
         self._sender.wake()

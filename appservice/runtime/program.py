@@ -105,6 +105,8 @@ class Gatekeeper:
         self.core: Core | None = None
         self.appservice: GatekeeperAppService | None = None
         self.bot: AdminBot | None = None
+        # The bot that takes the gate's room notes: set once the active role is up.
+        self._noting_bot: AdminBot | None = None
         self.web_runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
         self.workers: list[Worker] = []
@@ -145,10 +147,12 @@ class Gatekeeper:
         config = self.config
         db = await self._start_database()
         box = SecretBox(config.security)
-        registrations = Registrations(db)
-        mailer = Mailer(config.smtp, db, box)
+        registrations = Registrations(db, on_change=lambda _: self._announce_changes())
+        mailer = Mailer(
+            config.smtp, db, box, on_wake=lambda: self._announce_changes(mail_only=True)
+        )
         mail = ApplicantMail(config, registrations, mailer, Catalogue(), RateLimiter(db))
-        leadership = leadership_for(config.database, db)
+        leadership = leadership_for(config.database, db, on_changes=self._wake_workers)
         self.core = core = Core(
             db=db,
             box=box,
@@ -161,14 +165,11 @@ class Gatekeeper:
                 config.appservice.as_token.get_secret_value(),
                 SealedState(BotState(db), box),
             ),
-            gate=Gate(db, config.registration, BotState(db)),
+            gate=Gate(db, config.registration, BotState(db), room_note=self._room_note),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),
         )
         await core.synapse.start()
-        leadership.on_changes = self._wake_workers
-        mailer.on_wake = lambda: self._announce_changes(mail_only=True)
-        registrations.listeners.append(lambda _: self._announce_changes())
 
         # Active before the web endpoint opens: whatever it changes is heard at once.
         if await leadership.try_acquire():
@@ -309,12 +310,7 @@ class Gatekeeper:
                 f"the homeserver refused a start-up step: {error}", EXIT_HOMESERVER
             ) from None
         await self._ping_from_homeserver()
-
-        async def room_note(text: str) -> None:
-            if bot.room.room_id is not None:
-                await bot.send(bot.room.room_id, Reply(text))
-
-        core.gate.room_note = room_note
+        self._noting_bot = bot
         notices = NoticeBoard(config, self.appservice.intent, registrations, bot.room)
         provisioner = Provisioner(
             config, registrations, core.synapse, core.box, core.mail, bot.invite_newcomer
@@ -337,6 +333,13 @@ class Gatekeeper:
         self.appservice.ready = True
         log.info("Active: admin room %s", bot.room.room_id)
 
+    async def _room_note(self, text: str) -> None:
+        """The gate's one-line notes: into the admin room while this process is active,
+        dropped while it stands by."""
+        bot = self._noting_bot
+        if bot is not None and bot.room.room_id is not None:
+            await bot.send(bot.room.room_id, Reply(text))
+
     def _wake_workers(self) -> None:
         for worker in self._change_workers:
             worker.wake()
@@ -358,8 +361,8 @@ class Gatekeeper:
         for worker in self.workers:
             await worker.stop()
         self.workers = self._change_workers = []
+        self._noting_bot = None
         if self.core is not None:
-            self.core.gate.room_note = None
             await self.core.mailer.stop()
         if self.appservice is not None:
             await self.appservice.stop()
