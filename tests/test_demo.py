@@ -17,6 +17,10 @@ from harness import demo
 from harness.net import command_line, free_port
 from harness.synapse import SynapseServer, SynapseSettings
 
+# The demo starts a real Synapse of its own: these belong with the Synapse tests, not in
+# the fast layer (make test-fast).
+pytestmark = pytest.mark.synapse
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
