@@ -13,6 +13,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/gatekeeper
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY gatekeeper gatekeeper
 COPY appservice appservice
 COPY bot bot
 COPY migrations migrations

@@ -10,10 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from appservice.config import Config, ConfigError, load_config
-from appservice.homeserver.registration_file import generate_registration
-from appservice.runtime.logging_setup import configure_logging
-from appservice.runtime.program import EXIT_CONFIG, Gatekeeper, StartupError
+from gatekeeper.appservice.config import Config, ConfigError, load_config
+from gatekeeper.appservice.homeserver.registration_file import generate_registration
+from gatekeeper.appservice.runtime.logging_setup import configure_logging
+from gatekeeper.appservice.runtime.program import EXIT_CONFIG, Gatekeeper, StartupError
 
 log = logging.getLogger("gatekeeper")
 
@@ -90,7 +90,7 @@ async def _serve(gatekeeper: Gatekeeper) -> None:
 async def _supervise(config_file: Path, config: Config, workers: int) -> int:
     """Run `workers` processes; restart one that dies, stop them all on a signal."""
     stop = _stop_on_signals()
-    command = [sys.executable, "-m", "appservice", "-c", str(config_file), "run"]
+    command = [sys.executable, "-m", "gatekeeper", "-c", str(config_file), "run"]
 
     async def spawn(index: int) -> asyncio.subprocess.Process:
         # Each process keeps its own metrics port, so every one of them can be scraped.

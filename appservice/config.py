@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from appservice.matrix_ids import LOCALPART_CHARS, LOCALPART_RE, LOCALPART_RULE, user_id
+from gatekeeper.appservice.matrix_ids import LOCALPART_CHARS, LOCALPART_RE, LOCALPART_RULE, user_id
 
 ENV_PREFIX = "GATEKEEPER_"
 GENERATE = "generate"

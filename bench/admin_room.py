@@ -9,13 +9,13 @@ import time
 
 from mautrix.types import PaginationDirection
 
-from appservice.timeutil import now_ms
 from bench.context import Bench
 from bench.hashing import sign_up_calls
 from bench.load import Load, run_load
 from bench.report import Figure
 from bench.seed import pending_requests
 from bench.stack import Stack
+from gatekeeper.appservice.timeutil import now_ms
 
 COMMAND_TARGET_MS = 200.0
 NOTICE_LAG_TARGET_S = 2.0

@@ -13,10 +13,10 @@ from multiprocessing import get_context
 
 import aiohttp
 
-from appservice.domain.passwords import PasswordHasher
 from bench.load import Call, Load, LoadResult, run_load
 from bench.report import Figure
 from bench.stack import Stack
+from gatekeeper.appservice.domain.passwords import PasswordHasher
 from harness.net import free_port
 
 RSS_TARGET_MB = 120.0

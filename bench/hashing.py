@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 
-from appservice.domain.passwords import PasswordHasher
 from bench.context import PASSWORD, Bench, log_in
 from bench.load import Call, Load, LoadResult, run_load
 from bench.report import Figure
 from bench.seed import pending_requests
+from gatekeeper.appservice.domain.passwords import PasswordHasher
 
 HASHING_CLIENTS = 8
 CEILING_SHARE = 0.9

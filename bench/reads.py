@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import aiohttp
 
-from appservice.domain.passwords import PasswordHasher
 from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, log_in
 from bench.load import Call
 from bench.report import Figure
 from bench.seed import pending_requests, status_tokens
+from gatekeeper.appservice.domain.passwords import PasswordHasher
 
 SESSIONS = READ_CLIENTS
 HELLO = "hello-world"

@@ -7,8 +7,8 @@ import secrets
 
 from mautrix.util.async_db import Database
 
-from appservice.storage.mail_tokens import STATUS_PURPOSE, hash_token
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, hash_token
+from gatekeeper.appservice.timeutil import now_ms
 
 DAY_MS = 86_400_000
 

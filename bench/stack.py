@@ -23,8 +23,8 @@ from mautrix.types import RoomID
 from mautrix.util.async_db import Database, Scheme
 from ruamel.yaml import YAML
 
-from appservice.config import DatabaseConfig
-from appservice.storage.database import create_database
+from gatekeeper.appservice.config import DatabaseConfig
+from gatekeeper.appservice.storage.database import create_database
 from harness.matrix_user import MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings
@@ -216,7 +216,7 @@ async def running_stack(
     async with _database(sqlite, directory) as db_url:
         _gatekeeper_config(config, synapse, db_url, mail.controller.port, web_port)
         generate = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "appservice", "generate-registration"),
+            *(sys.executable, "-m", "gatekeeper", "generate-registration"),
             *("-c", str(config), "-o", str(registration)),
             stdout=asyncio.subprocess.DEVNULL,
         )
@@ -230,7 +230,7 @@ async def running_stack(
             gatekeeper = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *(profiler if profile_to else ()),
-                *("-m", "appservice", "-c", str(config)),
+                *("-m", "gatekeeper", "-c", str(config)),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
             )

@@ -8,8 +8,8 @@ from mautrix.appservice import IntentAPI
 from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import RoomAlias, RoomID, UserID
 
-from appservice.config import AdminRoomConfig
-from appservice.storage.bot_state import ADMIN_ROOM_ID, BotState
+from gatekeeper.appservice.config import AdminRoomConfig
+from gatekeeper.appservice.storage.bot_state import ADMIN_ROOM_ID, BotState
 
 log = logging.getLogger("gatekeeper.bot.room")
 

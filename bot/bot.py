@@ -23,13 +23,13 @@ from mautrix.types import (
     UserID,
 )
 
-from appservice.config import Config
-from appservice.domain.decisions import Decisions
-from appservice.domain.gate import Gate
-from appservice.domain.registrations import Outcome, Registrations
-from appservice.storage.bot_state import BotState
-from bot.admin_room import AdminRoom
-from bot.commands import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.decisions import Decisions
+from gatekeeper.appservice.domain.gate import Gate
+from gatekeeper.appservice.domain.registrations import Outcome, Registrations
+from gatekeeper.appservice.storage.bot_state import BotState
+from gatekeeper.bot.admin_room import AdminRoom
+from gatekeeper.bot.commands import (
     BoundCommand,
     CommandContext,
     Reply,
@@ -37,10 +37,10 @@ from bot.commands import (
     command,
     parse_command,
 )
-from bot.commands_gate import GateCommands
-from bot.commands_reports import ReportCommands
-from bot.commands_requests import RequestCommands
-from bot.notices import APPROVE_KEYS, REJECT_KEYS, content_of, normalise_key
+from gatekeeper.bot.commands_gate import GateCommands
+from gatekeeper.bot.commands_reports import ReportCommands
+from gatekeeper.bot.commands_requests import RequestCommands
+from gatekeeper.bot.notices import APPROVE_KEYS, REJECT_KEYS, content_of, normalise_key
 
 log = logging.getLogger("gatekeeper.bot")
 

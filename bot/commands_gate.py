@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from appservice.domain.gate import BLOCK_KINDS, Gate
-from bot.commands import CommandContext, Reply, command
-from bot.options import expiry, parse_options, when
+from gatekeeper.appservice.domain.gate import BLOCK_KINDS, Gate
+from gatekeeper.bot.commands import CommandContext, Reply, command
+from gatekeeper.bot.options import expiry, parse_options, when
 
 
 class GateCommands:

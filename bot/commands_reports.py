@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from appservice.domain.gate import Gate
-from appservice.domain.registrations import Registrations
-from appservice.timeutil import now_ms
-from bot.commands import CommandContext, Reply, command
-from bot.options import when
+from gatekeeper.appservice.domain.gate import Gate
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.timeutil import now_ms
+from gatekeeper.bot.commands import CommandContext, Reply, command
+from gatekeeper.bot.options import when
 
 
 class ReportCommands:

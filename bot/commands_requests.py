@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from appservice.config import Config
-from appservice.domain.decisions import Decisions
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Outcome, Registrations, Result
-from appservice.domain.signup import MAX_REASON_CHARS
-from appservice.matrix_ids import user_id
-from bot.commands import CommandContext, Reply, command
-from bot.notices import age, describe, one_line, shown_email
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.decisions import Decisions
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
+from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS
+from gatekeeper.appservice.matrix_ids import user_id
+from gatekeeper.bot.commands import CommandContext, Reply, command
+from gatekeeper.bot.notices import age, describe, one_line, shown_email
 
 PAGE_SIZE = 10
 DECISION_ANSWERS = {

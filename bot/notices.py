@@ -15,11 +15,11 @@ import unicodedata
 from mautrix.appservice import IntentAPI
 from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
 
-from appservice.config import Config
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Registrations
-from bot.admin_room import AdminRoom
-from bot.commands import Reply
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.bot.admin_room import AdminRoom
+from gatekeeper.bot.commands import Reply
 
 log = logging.getLogger("gatekeeper.bot.notices")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.timeutil import now_ms
 
 DURATION_RE = re.compile(r"^(\d+)([mhdw])$")
 UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}

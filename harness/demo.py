@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from ruamel.yaml import YAML
 
-from appservice.homeserver.registration_file import generate_registration
+from gatekeeper.appservice.homeserver.registration_file import generate_registration
 from harness.matrix_user import MatrixUser
 from harness.net import command_line, free_port, listening_pid, parent_pid, port_is_free
 from harness.synapse import SynapseError, SynapseServer, SynapseSettings
@@ -219,7 +219,7 @@ async def _run() -> int:
         _say("Starting Gatekeeper …")
         with (config_path.parent / "gatekeeper.log").open("ab") as log_file:
             gatekeeper = subprocess.Popen(
-                [sys.executable, "-m", "appservice", "-c", str(config_path)],
+                [sys.executable, "-m", "gatekeeper", "-c", str(config_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

@@ -27,9 +27,9 @@ from aiosmtpd.smtp import Envelope, Session
 from mautrix.util.async_db import Database
 from ruamel.yaml import YAML
 
-from appservice.config import Config, DatabaseConfig, load_config
-from appservice.runtime.program import Gatekeeper
-from appservice.storage.database import create_database
+from gatekeeper.appservice.config import Config, DatabaseConfig, load_config
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.database import create_database
 from harness.matrix_user import EVENT_WAIT_SECONDS, EVENT_WAITS, MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings
@@ -175,7 +175,7 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hom
         [
             sys.executable,
             "-m",
-            "appservice",
+            "gatekeeper",
             "generate-registration",
             "-c",
             str(config_file),

@@ -8,7 +8,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from ruamel.yaml import YAML
 
-from appservice.config import Config, parse_config
+from gatekeeper.appservice.config import Config, parse_config
 
 EXAMPLE = Path(__file__).parent.parent / "example-config.yaml"
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from mautrix.types import RoomID
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from harness.matrix_user import Event, MatrixUser, wait_until
 from tests.conftest import ADMIN_API_TOKEN, SERVER_NAME
 

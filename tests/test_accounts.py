@@ -12,8 +12,8 @@ import time
 import pyotp
 import pytest
 
-from appservice.runtime.program import Gatekeeper
-from appservice.storage.sessions import Sessions
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.sessions import Sessions
 from harness.matrix_user import wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (

@@ -12,9 +12,9 @@ import altcha
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.config import AntibotConfig
-from appservice.domain.antibot import CHALLENGE_TTL, HONEYPOT_FIELD, AntiBot
-from appservice.storage.database import upgrade
+from gatekeeper.appservice.config import AntibotConfig
+from gatekeeper.appservice.domain.antibot import CHALLENGE_TTL, HONEYPOT_FIELD, AntiBot
+from gatekeeper.appservice.storage.database import upgrade
 
 KEY = "test-hmac-key-not-secret"
 MAX_NUMBER = 1000

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from mautrix.types import RoomID
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from harness.matrix_user import MatrixUser
 from tests.conftest import StartGatekeeper
 from tests.flows import BOT, admin_room

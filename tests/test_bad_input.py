@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from tests.conftest import StartGatekeeper
 from tests.flows import WebClient, new_applicant
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mautrix.types import EventID, RoomID, UserID
 
-from appservice.timeutil import now_ms
-from bot.commands import (
+from gatekeeper.appservice.timeutil import now_ms
+from gatekeeper.bot.commands import (
     CommandContext,
     CommandSpec,
     ParsedCommand,
@@ -15,7 +15,7 @@ from bot.commands import (
     command,
     parse_command,
 )
-from bot.options import expiry, parse_options, when
+from gatekeeper.bot.options import expiry, parse_options, when
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 

@@ -14,8 +14,8 @@ from cryptography.fernet import Fernet
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from appservice.config import Config, ConfigError, load_config
-from appservice.runtime.logging_setup import RedactSecrets
+from gatekeeper.appservice.config import Config, ConfigError, load_config
+from gatekeeper.appservice.runtime.logging_setup import RedactSecrets
 
 EXAMPLE = Path(__file__).parent.parent / "example-config.yaml"
 SECRET = "s3cret-value-that-must-not-leak"
@@ -46,7 +46,7 @@ def problems(
 
 def run_gatekeeper(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "appservice", "-c", str(config)],
+        [sys.executable, "-m", "gatekeeper", "-c", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,8 +6,8 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from appservice.config import SecurityConfig
-from appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.config import SecurityConfig
+from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
 
 
 def box(*keys: bytes) -> SecretBox:

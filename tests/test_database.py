@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.storage.bot_state import BotState, TransactionLog
-from appservice.storage.database import DatabaseError, load_migrations, schema_version, upgrade
+from gatekeeper.appservice.storage.bot_state import BotState, TransactionLog
+from gatekeeper.appservice.storage.database import (
+    DatabaseError,
+    load_migrations,
+    schema_version,
+    upgrade,
+)
 
 
 @pytest.fixture

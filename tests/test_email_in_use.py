@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.runtime.program import Gatekeeper
-from appservice.storage.database import upgrade
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.database import upgrade
+from gatekeeper.appservice.timeutil import now_ms
 from tests.conftest import MailCatcher, StartGatekeeper
 from tests.flows import (
     Applicant,

@@ -41,8 +41,8 @@ import asyncpg
 import pytest
 from mautrix.types import RoomID
 
-from appservice.runtime import leadership
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime import leadership
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from harness.matrix_user import Event, MatrixUser, wait_until
 from harness.postgres import PostgresError, PrivatePostgres
 from harness.stalling_proxy import StallingProxy
@@ -338,7 +338,7 @@ def gatekeeper_process(config_file: Path, log_file: Path) -> Iterator[subprocess
     """Gatekeeper as operators run it; the test kills it or stops it itself."""
     with log_file.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "appservice", "-c", str(config_file)], stdout=log, stderr=log
+            [sys.executable, "-m", "gatekeeper", "-c", str(config_file)], stdout=log, stderr=log
         )
         try:
             yield process

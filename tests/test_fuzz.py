@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from tests.conftest import ADMIN_API_TOKEN, Homeserver, StartGatekeeper
 from tests.flows import WebClient, active_account, logged_in, web_url
 

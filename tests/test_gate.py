@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from harness.matrix_user import MatrixUser
 from harness.net import free_port
 from tests.conftest import MailCatcher, StartGatekeeper

@@ -20,9 +20,9 @@ import pyotp
 import pytest
 from mautrix.types import PaginationDirection, RoomID
 
-from appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY
-from appservice.runtime.program import Gatekeeper
-from appservice.storage.bot_state import BotState, SealedState
+from gatekeeper.appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.bot_state import BotState, SealedState
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (

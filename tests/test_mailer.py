@@ -11,12 +11,12 @@ from cryptography.fernet import Fernet
 from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
-from appservice.config import SecurityConfig, SmtpConfig
-from appservice.domain.i18n import Catalogue, placeholders
-from appservice.runtime.mailer import Mailer
-from appservice.storage.crypto import SecretBox
-from appservice.storage.database import transaction, upgrade
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.config import SecurityConfig, SmtpConfig
+from gatekeeper.appservice.domain.i18n import Catalogue, placeholders
+from gatekeeper.appservice.runtime.mailer import Mailer
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.database import transaction, upgrade
+from gatekeeper.appservice.timeutil import now_ms
 from harness.net import free_port
 from tests.conftest import MailCatcher
 

@@ -12,8 +12,8 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from tests.conftest import SERVER_NAME, Homeserver, MailCatcher, StartGatekeeper, stop_or_explain
 from tests.flows import (
     Applicant,

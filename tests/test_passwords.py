@@ -13,7 +13,12 @@ from typing import Any
 import argon2
 import pytest
 
-from appservice.domain.passwords import MAX_BYTES, MIN_LENGTH, PasswordHasher, password_problem
+from gatekeeper.appservice.domain.passwords import (
+    MAX_BYTES,
+    MIN_LENGTH,
+    PasswordHasher,
+    password_problem,
+)
 
 LONG = "Tr0ub4dor&3-" * 5 + "xyzw"
 EMOJI = "🦄🦄🦄🦄🦄🦄🦄🦄🔑"
@@ -21,7 +26,7 @@ HASH_FORMAT = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$[^$]+\$[^
 
 
 def shipped_list() -> list[str]:
-    path = resources.files("appservice.domain").joinpath("data/common-passwords.txt")
+    path = resources.files("gatekeeper.appservice.domain").joinpath("data/common-passwords.txt")
     return path.read_text(encoding="utf-8").splitlines()
 
 

@@ -31,7 +31,7 @@ async def ready(port: int) -> bool:
     ("command", "log_format", "stop_signal"),
     [
         ([GATEKEEPER], "text", signal.SIGTERM),
-        ([sys.executable, "-m", "appservice"], "json", signal.SIGINT),
+        ([sys.executable, "-m", "gatekeeper"], "json", signal.SIGINT),
     ],
 )
 async def test_runs_logs_no_secrets_and_stops_cleanly(

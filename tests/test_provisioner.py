@@ -11,18 +11,18 @@ import pytest
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice import timeutil
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.provisioner import Provisioner
-from appservice.domain.registration_request import NewRequest, RegistrationRequest, State
-from appservice.domain.registrations import Outcome, Registrations
-from appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice import timeutil
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.provisioner import Provisioner
+from gatekeeper.appservice.domain.registration_request import NewRequest, RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Outcome, Registrations
+from gatekeeper.appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,
     SynapseAdmin,
 )
-from appservice.storage.crypto import SecretBox
-from appservice.storage.database import upgrade
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.database import upgrade
 from tests.example_config import example_config
 
 PASSWORD = "correct horse battery staple"

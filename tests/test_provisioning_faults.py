@@ -161,7 +161,7 @@ async def test_sigkill_between_approval_and_account(
         registration={**NO_CONFIRMATION, "provisioning_max_attempts": 1000},
     )
     url = f"http://127.0.0.1:{config.web.port}"
-    command = [sys.executable, "-m", "appservice", "-c", str(tmp_path / "config.yaml")]
+    command = [sys.executable, "-m", "gatekeeper", "-c", str(tmp_path / "config.yaml")]
 
     async def ready() -> bool:
         try:

@@ -7,8 +7,14 @@ import asyncio
 import pytest
 from mautrix.util.async_db import Database
 
-from appservice.storage.database import upgrade
-from appservice.storage.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
+from gatekeeper.appservice.storage.database import upgrade
+from gatekeeper.appservice.storage.ratelimit import (
+    Limit,
+    Lockout,
+    RateLimited,
+    RateLimiter,
+    address_key,
+)
 
 
 class Clock:

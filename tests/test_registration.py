@@ -17,7 +17,7 @@ def generate(config: Path, output: Path) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "appservice",
+            "gatekeeper",
             "generate-registration",
             "-c",
             str(config),

@@ -19,24 +19,24 @@ import pytest
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.config import DatabaseConfig
-from appservice.domain.registration_request import (
+from gatekeeper.appservice.config import DatabaseConfig
+from gatekeeper.appservice.domain.registration_request import (
     AuditEntry,
     NewRequest,
     RegistrationRequest,
     State,
     initial_state,
 )
-from appservice.domain.registrations import (
+from gatekeeper.appservice.domain.registrations import (
     EmailInUse,
     NameAlreadyRequested,
     Outcome,
     Registrations,
     Transition,
 )
-from appservice.storage.database import create_database, transaction, upgrade
-from appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage.database import create_database, transaction, upgrade
+from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE
+from gatekeeper.appservice.timeutil import now_ms
 
 U, P, A = State.UNVERIFIED, State.PENDING, State.APPROVED
 # Each transition's allowed sources and its target, as the design draws them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.runtime.program import Gatekeeper
 from tests.conftest import MailCatcher, StartGatekeeper
 from tests.flows import (
     WebClient,

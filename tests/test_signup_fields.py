@@ -9,9 +9,9 @@ from typing import Any, cast
 
 import pytest
 
-from appservice.domain.errors import FieldErrors
-from appservice.domain.signup import MAX_REASON_CHARS, SignUpForm, SignUps, valid_email
-from appservice.homeserver.synapse_admin import Availability
+from gatekeeper.appservice.domain.errors import FieldErrors
+from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS, SignUpForm, SignUps, valid_email
+from gatekeeper.appservice.homeserver.synapse_admin import Availability
 from tests.example_config import example_config
 
 GOOD: dict[str, Any] = {

@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import SecretStr
 from ruamel.yaml import YAML
 
-from appservice.config import HomeserverConfig
-from appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.config import HomeserverConfig
+from gatekeeper.appservice.homeserver.synapse_admin import (
     AccountTaken,
     Availability,
     HomeserverUnavailable,

@@ -12,12 +12,12 @@ from cryptography.fernet import Fernet
 from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
-from appservice.config import SecurityConfig
-from appservice.domain.registration_request import NewRequest
-from appservice.domain.registrations import Registrations
-from appservice.storage.crypto import SecretBox
-from appservice.storage.database import upgrade
-from appservice.storage.totp import TotpStore
+from gatekeeper.appservice.config import SecurityConfig
+from gatekeeper.appservice.domain.registration_request import NewRequest
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.database import upgrade
+from gatekeeper.appservice.storage.totp import TotpStore
 
 ISSUER = "Gatekeeper Test"
 ACCOUNT = "@alice:gatekeeper.test"

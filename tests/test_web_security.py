@@ -10,9 +10,9 @@ import aiohttp
 import argon2
 import pytest
 
-from appservice.runtime.program import Gatekeeper
-from appservice.storage.ratelimit import Lockout
-from appservice.storage.sessions import Sessions, token_hash
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.ratelimit import Lockout
+from gatekeeper.appservice.storage.sessions import Sessions, token_hash
 from tests.conftest import StartGatekeeper
 from tests.flows import WebClient, active_account, logged_in, new_applicant, web_url
 

@@ -79,7 +79,7 @@ class Process:
         }
         with log.open("ab") as output:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "appservice", "-c", str(config_file)],
+                [sys.executable, "-m", "gatekeeper", "-c", str(config_file)],
                 stdout=output,
                 stderr=output,
                 env=env,
@@ -248,7 +248,7 @@ def test_several_workers_need_postgresql(tmp_path: Path, synapse: Homeserver) ->
     config = tmp_path / "config.yaml"
     config.write_text(synapse.config_file.read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "appservice", "-c", str(config), "--workers", "2"],
+        [sys.executable, "-m", "gatekeeper", "-c", str(config), "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -268,7 +268,7 @@ async def test_workers_option_runs_one_active_and_restarts_a_dead_one(
     )
     # -c before the subcommand and --workers after it: both must count.
     config_file = str(tmp_path / "config.yaml")
-    command = [sys.executable, "-m", "appservice", "-c", config_file, "run", "--workers", "2"]
+    command = [sys.executable, "-m", "gatekeeper", "-c", config_file, "run", "--workers", "2"]
     with (tmp_path / "workers.log").open("ab") as output:
         supervisor = subprocess.Popen(
             command,

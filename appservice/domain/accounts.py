@@ -12,24 +12,30 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from appservice.config import Config
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.errors import FieldErrors
-from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Registrations
-from appservice.domain.signup import valid_email
-from appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.errors import FieldErrors
+from gatekeeper.appservice.domain.passwords import PasswordHasher, password_problem
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.domain.signup import valid_email
+from gatekeeper.appservice.homeserver.synapse_admin import (
     HomeserverUnavailable,
     ProvisioningRefused,
     SynapseAdmin,
 )
-from appservice.storage.crypto import SecretBox
-from appservice.storage.mail_tokens import EMAIL_CHANGE_PURPOSE, RESET_PURPOSE
-from appservice.storage.ratelimit import Limit, Lockout, RateLimited, RateLimiter, address_key
-from appservice.storage.sessions import Session, Sessions
-from appservice.storage.totp import Enrolment, TotpStore
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.mail_tokens import EMAIL_CHANGE_PURPOSE, RESET_PURPOSE
+from gatekeeper.appservice.storage.ratelimit import (
+    Limit,
+    Lockout,
+    RateLimited,
+    RateLimiter,
+    address_key,
+)
+from gatekeeper.appservice.storage.sessions import Session, Sessions
+from gatekeeper.appservice.storage.totp import Enrolment, TotpStore
+from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.accounts")
 

@@ -16,7 +16,7 @@ import altcha
 from altcha.v1 import AlgoType
 from mautrix.util.async_db import Database
 
-from appservice.config import AntibotConfig
+from gatekeeper.appservice.config import AntibotConfig
 
 # The browser side is the vendored ALTCHA widget 2.3.0 (npm "altcha", dist_external build):
 # appservice/static/altcha.min.js, altcha-worker.js and altcha.css. Widget 2.x speaks the

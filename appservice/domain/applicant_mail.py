@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.config import Config
-from appservice.domain.i18n import Catalogue
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Registrations
-from appservice.runtime.mailer import Mailer
-from appservice.storage.database import acquire, transaction
-from appservice.storage.mail_tokens import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.i18n import Catalogue
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.runtime.mailer import Mailer
+from gatekeeper.appservice.storage.database import acquire, transaction
+from gatekeeper.appservice.storage.mail_tokens import (
     CONFIRM_PURPOSE,
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
     STATUS_PURPOSE,
 )
-from appservice.storage.ratelimit import RateLimiter
+from gatekeeper.appservice.storage.ratelimit import RateLimiter
 
 CONFIRM_LINK_MS = (
     60 * 60 * 1000

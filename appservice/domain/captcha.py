@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from appservice.config import AntibotConfig
+from gatekeeper.appservice.config import AntibotConfig
 
 log = logging.getLogger("gatekeeper.captcha")
 

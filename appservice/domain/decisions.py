@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from appservice.config import RegistrationConfig
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.registrations import Registrations, Result
+from gatekeeper.appservice.config import RegistrationConfig
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.registrations import Registrations, Result
 
 
 class Decisions:

@@ -14,12 +14,12 @@ from typing import Any
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.config import RegistrationConfig
-from appservice.domain.registration_request import REQUEST_ID_ALPHABET
-from appservice.storage.bot_state import BotState
-from appservice.storage.database import Row
-from appservice.storage.mail_tokens import hash_token
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.config import RegistrationConfig
+from gatekeeper.appservice.domain.registration_request import REQUEST_ID_ALPHABET
+from gatekeeper.appservice.storage.bot_state import BotState
+from gatekeeper.appservice.storage.database import Row
+from gatekeeper.appservice.storage.mail_tokens import hash_token
+from gatekeeper.appservice.timeutil import now_ms
 
 BLOCK_KINDS = ("email-domain", "email", "ip", "username")
 CLOSED_KEY = "signups_closed"

@@ -49,7 +49,7 @@ def _read(name: str, text: str) -> dict[str, str]:
 def _shipped() -> Mapping[str, Mapping[str, str]]:
     """Every catalogue in the package, read once per process."""
     catalogues: dict[str, Mapping[str, str]] = {}
-    for entry in (resources.files("appservice.domain") / "locales").iterdir():
+    for entry in (resources.files("gatekeeper.appservice.domain") / "locales").iterdir():
         if entry.name.endswith(".yaml"):
             language = entry.name.removesuffix(".yaml")
             texts = _read(entry.name, entry.read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ MAX_BYTES = 4096
 @functools.cache
 def _common_passwords() -> frozenset[str]:
     text = (
-        resources.files("appservice.domain")
+        resources.files("gatekeeper.appservice.domain")
         .joinpath("data/common-passwords.txt")
         .read_text(encoding="utf-8")
     )

@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from appservice.config import Config
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.registration_request import RegistrationRequest
-from appservice.domain.registrations import Registrations
-from appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.homeserver.synapse_admin import (
     AccountTaken,
     HomeserverUnavailable,
     ProvisioningRefused,
     SynapseAdmin,
 )
-from appservice.storage.crypto import SecretBox, TamperedSecret
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.provisioner")
 

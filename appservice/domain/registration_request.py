@@ -11,8 +11,8 @@ import enum
 import secrets
 from dataclasses import dataclass, fields
 
-from appservice.matrix_ids import user_id
-from appservice.storage.database import Row
+from gatekeeper.appservice.matrix_ids import user_id
+from gatekeeper.appservice.storage.database import Row
 
 REQUEST_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud, typed
 REQUEST_ID_LENGTH = 8

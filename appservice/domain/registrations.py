@@ -22,7 +22,7 @@ import asyncpg
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.domain.registration_request import (
+from gatekeeper.appservice.domain.registration_request import (
     COLUMNS,
     OPEN_STATES,
     PASSWORD_NEEDED_STATES,
@@ -32,11 +32,11 @@ from appservice.domain.registration_request import (
     initial_state,
     new_request_id,
 )
-from appservice.storage import mail_tokens
-from appservice.storage.database import transaction
-from appservice.storage.mail_tokens import CONFIRM_PURPOSE, MailTokens
-from appservice.storage.registration_store import RegistrationStore, read
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage import mail_tokens
+from gatekeeper.appservice.storage.database import transaction
+from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, MailTokens
+from gatekeeper.appservice.storage.registration_store import RegistrationStore, read
+from gatekeeper.appservice.timeutil import now_ms
 
 # The unique index of migration 008: one live request or account per email.
 LIVE_EMAIL_INDEX = "registration_request_live_email"

@@ -10,25 +10,34 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.config import Config
-from appservice.domain.antibot import AntiBot
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.captcha import Captcha
-from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
-from appservice.domain.gate import Gate
-from appservice.domain.passwords import PasswordHasher, password_problem
-from appservice.domain.registration_request import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.antibot import AntiBot
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.captcha import Captcha
+from gatekeeper.appservice.domain.errors import (
+    FieldErrors,
+    InviteInvalid,
+    SignUpRefused,
+    SignUpsClosed,
+)
+from gatekeeper.appservice.domain.gate import Gate
+from gatekeeper.appservice.domain.passwords import PasswordHasher, password_problem
+from gatekeeper.appservice.domain.registration_request import (
     NewRequest,
     RegistrationRequest,
     State,
     initial_state,
 )
-from appservice.domain.registrations import EmailInUse, NameAlreadyRequested, Registrations
-from appservice.homeserver.synapse_admin import Availability, SynapseAdmin
-from appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
-from appservice.storage.crypto import SecretBox
-from appservice.storage.database import transaction
-from appservice.storage.ratelimit import Limit, RateLimiter, address_key
+from gatekeeper.appservice.domain.registrations import (
+    EmailInUse,
+    NameAlreadyRequested,
+    Registrations,
+)
+from gatekeeper.appservice.homeserver.synapse_admin import Availability, SynapseAdmin
+from gatekeeper.appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.database import transaction
+from gatekeeper.appservice.storage.ratelimit import Limit, RateLimiter, address_key
 
 log = logging.getLogger("gatekeeper.signup")
 

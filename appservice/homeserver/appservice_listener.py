@@ -17,8 +17,8 @@ from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
 from mautrix.types import JSON
 
-from appservice.config import Config
-from appservice.storage.bot_state import TransactionLog
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.storage.bot_state import TransactionLog
 
 log = logging.getLogger("gatekeeper.appservice")
 

@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from ruamel.yaml import YAML
 
-from appservice.config import GENERATE, Config, ConfigError, parse_config, read_yaml
+from gatekeeper.appservice.config import GENERATE, Config, ConfigError, parse_config, read_yaml
 
 
 def new_token() -> str:

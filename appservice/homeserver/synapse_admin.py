@@ -24,8 +24,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from appservice.config import HomeserverConfig
-from appservice.matrix_ids import LOCALPART_RE, user_id, user_id_fits
+from gatekeeper.appservice.config import HomeserverConfig
+from gatekeeper.appservice.matrix_ids import LOCALPART_RE, user_id, user_id_fits
 
 log = logging.getLogger("gatekeeper.synapse")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import asyncpg
 from mautrix.util.async_db import Database
 
-from appservice.config import DatabaseConfig
+from gatekeeper.appservice.config import DatabaseConfig
 
 log = logging.getLogger("gatekeeper.leadership")
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from appservice.config import LoggingConfig
+from gatekeeper.appservice.config import LoggingConfig
 
 REDACTED = "<redacted>"
 

@@ -17,10 +17,10 @@ import aiosmtplib
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.config import SmtpConfig
-from appservice.runtime.worker import Worker
-from appservice.storage.crypto import SecretBox, TamperedSecret
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.config import SmtpConfig
+from gatekeeper.appservice.runtime.worker import Worker
+from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.mailer")
 

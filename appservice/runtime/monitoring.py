@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appservice.config import Config
-from appservice.domain.registration_request import STATE_OF, State
-from appservice.runtime.leadership import Leadership
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.registration_request import STATE_OF, State
+from gatekeeper.appservice.runtime.leadership import Leadership
 
 log = logging.getLogger("gatekeeper.monitoring")
 

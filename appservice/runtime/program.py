@@ -14,39 +14,39 @@ from aiohttp import web
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUnknownToken
 from mautrix.util.async_db import Database
 
-from appservice.config import Config
-from appservice.domain.accounts import Accounts
-from appservice.domain.antibot import AntiBot
-from appservice.domain.applicant_mail import ApplicantMail
-from appservice.domain.captcha import Captcha
-from appservice.domain.decisions import Decisions
-from appservice.domain.gate import Gate
-from appservice.domain.i18n import Catalogue
-from appservice.domain.passwords import PasswordHasher
-from appservice.domain.provisioner import Provisioner
-from appservice.domain.registrations import Registrations
-from appservice.domain.signup import SignUps
-from appservice.homeserver.appservice_listener import GatekeeperAppService
-from appservice.homeserver.synapse_admin import SynapseAdmin
-from appservice.runtime.leadership import Leadership, leadership_for
-from appservice.runtime.mailer import Mailer
-from appservice.runtime.monitoring import Monitoring
-from appservice.runtime.worker import Worker
-from appservice.storage.bot_state import BotState, SealedState, TransactionLog
-from appservice.storage.crypto import SecretBox
-from appservice.storage.database import create_database, stop_database, upgrade
-from appservice.storage.ratelimit import Lockout, RateLimiter
-from appservice.storage.sessions import Sessions
-from appservice.storage.totp import TotpStore
-from appservice.timeutil import now_ms
-from appservice.web.account_api import AccountApi
-from appservice.web.app import WebApi, create_web_app
-from appservice.web.pages import Pages
-from appservice.web.security import Cookies, Csrf, security_middleware
-from bot.admin_room import AdminRoomError
-from bot.bot import AdminBot
-from bot.commands import Reply
-from bot.notices import NoticeBoard
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.accounts import Accounts
+from gatekeeper.appservice.domain.antibot import AntiBot
+from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.captcha import Captcha
+from gatekeeper.appservice.domain.decisions import Decisions
+from gatekeeper.appservice.domain.gate import Gate
+from gatekeeper.appservice.domain.i18n import Catalogue
+from gatekeeper.appservice.domain.passwords import PasswordHasher
+from gatekeeper.appservice.domain.provisioner import Provisioner
+from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.domain.signup import SignUps
+from gatekeeper.appservice.homeserver.appservice_listener import GatekeeperAppService
+from gatekeeper.appservice.homeserver.synapse_admin import SynapseAdmin
+from gatekeeper.appservice.runtime.leadership import Leadership, leadership_for
+from gatekeeper.appservice.runtime.mailer import Mailer
+from gatekeeper.appservice.runtime.monitoring import Monitoring
+from gatekeeper.appservice.runtime.worker import Worker
+from gatekeeper.appservice.storage.bot_state import BotState, SealedState, TransactionLog
+from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.database import create_database, stop_database, upgrade
+from gatekeeper.appservice.storage.ratelimit import Lockout, RateLimiter
+from gatekeeper.appservice.storage.sessions import Sessions
+from gatekeeper.appservice.storage.totp import TotpStore
+from gatekeeper.appservice.timeutil import now_ms
+from gatekeeper.appservice.web.account_api import AccountApi
+from gatekeeper.appservice.web.app import WebApi, create_web_app
+from gatekeeper.appservice.web.pages import Pages
+from gatekeeper.appservice.web.security import Cookies, Csrf, security_middleware
+from gatekeeper.bot.admin_room import AdminRoomError
+from gatekeeper.bot.bot import AdminBot
+from gatekeeper.bot.commands import Reply
+from gatekeeper.bot.notices import NoticeBoard
 
 log = logging.getLogger("gatekeeper")
 

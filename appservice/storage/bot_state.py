@@ -6,8 +6,8 @@ import logging
 
 from mautrix.util.async_db import Database
 
-from appservice.storage.crypto import SecretBox, TamperedSecret
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.state")
 

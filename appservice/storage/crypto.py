@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from appservice.config import SecurityConfig
+from gatekeeper.appservice.config import SecurityConfig
 
 
 class TamperedSecret(Exception):

@@ -16,8 +16,8 @@ from mautrix.util.async_db import Database, PostgresDatabase, Scheme, UpgradeTab
 from mautrix.util.async_db.connection import LoggingConnection
 from yarl import URL
 
-from appservice.config import DatabaseConfig
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.config import DatabaseConfig
+from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.database")
 
@@ -80,7 +80,7 @@ def dialect(db: Database) -> str:
     return "sqlite" if db.scheme == Scheme.SQLITE else "postgres"
 
 
-def load_migrations(for_dialect: str, package: str = "migrations") -> list[Migration]:
+def load_migrations(for_dialect: str, package: str = "gatekeeper.migrations") -> list[Migration]:
     """The migrations for one backend, in order; a dialect variant wins over the shared file."""
     chosen: dict[int, tuple[bool, Migration]] = {}
     for entry in resources.files(package).iterdir():
@@ -165,7 +165,7 @@ async def stop_database(db: Database) -> None:
             db.pool.terminate()
 
 
-async def upgrade(db: Database, package: str = "migrations") -> list[int]:
+async def upgrade(db: Database, package: str = "gatekeeper.migrations") -> list[int]:
     """Apply pending migrations in one transaction; return the versions applied."""
     migrations = load_migrations(dialect(db), package)
     latest = migrations[-1].version if migrations else 0

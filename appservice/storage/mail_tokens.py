@@ -9,8 +9,8 @@ import secrets
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.domain.registration_request import RegistrationRequest
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest
+from gatekeeper.appservice.timeutil import now_ms
 
 CONFIRM_PURPOSE = "confirm-email"
 STATUS_PURPOSE = "status"

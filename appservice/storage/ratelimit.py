@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mautrix.util.async_db import Database
 
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.timeutil import now_ms
 
 
 @dataclass(frozen=True)

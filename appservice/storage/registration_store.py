@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from appservice.domain.registration_request import (
+from gatekeeper.appservice.domain.registration_request import (
     COLUMNS,
     HOLDING_STATES,
     LOGIN_STATES,
@@ -24,7 +24,7 @@ from appservice.domain.registration_request import (
     Statistics,
     shown_state,
 )
-from appservice.storage.database import transaction
+from gatekeeper.appservice.storage.database import transaction
 
 Connection = LoggingConnection | Database
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields
 
 from mautrix.util.async_db import Database
 
-from appservice.config import WebConfig
-from appservice.domain.registration_request import RegistrationRequest
-from appservice.timeutil import now_ms
+from gatekeeper.appservice.config import WebConfig
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest
+from gatekeeper.appservice.timeutil import now_ms
 
 TOKEN_BYTES = 32  # 256 bits, above the 128 our security rules ask for
 SEEN_RESOLUTION_MS = 60_000  # write last_seen at most once a minute per session

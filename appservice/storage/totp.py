@@ -18,7 +18,7 @@ import pyotp
 import segno
 from mautrix.util.async_db import Database
 
-from appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
 
 log = logging.getLogger("gatekeeper.totp")
 

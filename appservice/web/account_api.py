@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
-from appservice.domain.registration_request import State
-from appservice.storage.sessions import Session, Sessions
-from appservice.web.common import ApiError, flag_field, json_body, text_field
-from appservice.web.security import (
+from gatekeeper.appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
+from gatekeeper.appservice.domain.registration_request import State
+from gatekeeper.appservice.storage.sessions import Session, Sessions
+from gatekeeper.appservice.web.common import ApiError, flag_field, json_body, text_field
+from gatekeeper.appservice.web.security import (
     ACCOUNT_KEY,
     CSRF_TOKEN,
     DEVICE_TOKEN,

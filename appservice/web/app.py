@@ -12,22 +12,27 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from appservice.config import Config
-from appservice.domain.decisions import Decisions
-from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Outcome, Registrations, Result
-from appservice.domain.signup import SignUps
-from appservice.homeserver.synapse_admin import HomeserverUnavailable
-from appservice.runtime.monitoring import Monitoring
-from appservice.storage.database import DATABASE_UNAVAILABLE
-from appservice.storage.mail_tokens import STATUS_PURPOSE
-from appservice.storage.ratelimit import RateLimited
-from appservice.web.account_api import AccountApi
-from appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
-from appservice.web.openapi import openapi_document
-from appservice.web.pages import Pages, security_headers
-from appservice.web.security import receive_deadline
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.decisions import Decisions
+from gatekeeper.appservice.domain.errors import (
+    FieldErrors,
+    InviteInvalid,
+    SignUpRefused,
+    SignUpsClosed,
+)
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
+from gatekeeper.appservice.domain.signup import SignUps
+from gatekeeper.appservice.homeserver.synapse_admin import HomeserverUnavailable
+from gatekeeper.appservice.runtime.monitoring import Monitoring
+from gatekeeper.appservice.storage.database import DATABASE_UNAVAILABLE
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE
+from gatekeeper.appservice.storage.ratelimit import RateLimited
+from gatekeeper.appservice.web.account_api import AccountApi
+from gatekeeper.appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
+from gatekeeper.appservice.web.openapi import openapi_document
+from gatekeeper.appservice.web.pages import Pages, security_headers
+from gatekeeper.appservice.web.security import receive_deadline
 
 log = logging.getLogger("gatekeeper.web")
 

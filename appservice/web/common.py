@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.domain.errors import FieldErrors
-from appservice.web.openapi import REQUEST_BODIES
+from gatekeeper.appservice.domain.errors import FieldErrors
+from gatekeeper.appservice.web.openapi import REQUEST_BODIES
 
 MAX_BODY_BYTES = 64 * 1024
 # Every body of the API is a flat object; deeper ones are refused before they are walked.

@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from appservice.domain.i18n import Catalogue
-from appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
-from appservice.domain.registration_request import State
-from appservice.domain.signup import MAX_REASON_CHARS
-from appservice.matrix_ids import LOCALPART_CHARS, max_localpart_bytes
+from gatekeeper.appservice.domain.i18n import Catalogue
+from gatekeeper.appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
+from gatekeeper.appservice.domain.registration_request import State
+from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS
+from gatekeeper.appservice.matrix_ids import LOCALPART_CHARS, max_localpart_bytes
 
 TEXT = {"type": "string"}
 FLAG = {"type": "boolean"}

@@ -17,20 +17,25 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from appservice.config import AntibotConfig, Config
-from appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
-from appservice.domain.captcha import PROVIDERS
-from appservice.domain.errors import FieldErrors, InviteInvalid, SignUpRefused, SignUpsClosed
-from appservice.domain.i18n import Catalogue
-from appservice.domain.registration_request import RegistrationRequest, State
-from appservice.domain.registrations import Outcome, Registrations
-from appservice.domain.signup import SignUps
-from appservice.storage.mail_tokens import STATUS_PURPOSE
-from appservice.storage.ratelimit import RateLimited
-from appservice.storage.sessions import Session, Sessions
-from appservice.storage.totp import Enrolment
-from appservice.web.common import ApiError
-from appservice.web.security import (
+from gatekeeper.appservice.config import AntibotConfig, Config
+from gatekeeper.appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
+from gatekeeper.appservice.domain.captcha import PROVIDERS
+from gatekeeper.appservice.domain.errors import (
+    FieldErrors,
+    InviteInvalid,
+    SignUpRefused,
+    SignUpsClosed,
+)
+from gatekeeper.appservice.domain.i18n import Catalogue
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Outcome, Registrations
+from gatekeeper.appservice.domain.signup import SignUps
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE
+from gatekeeper.appservice.storage.ratelimit import RateLimited
+from gatekeeper.appservice.storage.sessions import Session, Sessions
+from gatekeeper.appservice.storage.totp import Enrolment
+from gatekeeper.appservice.web.common import ApiError
+from gatekeeper.appservice.web.security import (
     CSRF_TOKEN,
     DEVICE_TOKEN,
     LOGIN_TOKEN,
@@ -101,7 +106,7 @@ class Pages:
             for code in config.registration.languages
         ]
         self.env = jinja2.Environment(
-            loader=jinja2.PackageLoader("appservice.web", "templates"),
+            loader=jinja2.PackageLoader("gatekeeper.appservice.web", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
@@ -651,7 +656,7 @@ class Pages:
         add.add_post("/settings/2fa/disable", self.disable_2fa)
         add.add_get("/confirm-email-change", self.email_change_form)
         add.add_post("/confirm-email-change", self.confirm_email_change)
-        add.add_static("/static", str(resources.files("appservice.web") / "static"))
+        add.add_static("/static", str(resources.files("gatekeeper.appservice.web") / "static"))
 
 
 def redirect(location: str) -> web.Response:

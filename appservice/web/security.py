@@ -18,11 +18,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from multidict import MultiDictProxy
 
-from appservice.config import Config
-from appservice.domain.accounts import LoginResult
-from appservice.domain.registration_request import RegistrationRequest
-from appservice.storage.sessions import Session, Sessions
-from appservice.web.common import (
+from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.accounts import LoginResult
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest
+from gatekeeper.appservice.storage.sessions import Session, Sessions
+from gatekeeper.appservice.web.common import (
     MAX_BODY_BYTES,
     ApiError,
     storable,

@@ -1,5 +1,0 @@
-import sys
-
-from appservice.cli import main
-
-sys.exit(main())
