@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import secrets
+from dataclasses import replace
 
 from mautrix.appservice import IntentAPI
 from mautrix.errors import MatrixRequestError
@@ -171,8 +172,9 @@ class AdminBot:
             )
         if bound.spec.needs_admin and not await self.room.is_admin(ctx.sender):
             return Reply(REFUSAL)
+        usage = f"Usage: {bound.spec.usage(self.prefix)}"
         try:
-            return await bound.handler(ctx)
+            return await bound.handler(replace(ctx, usage=usage))
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("Command %s failed (reference %s)", name, reference)

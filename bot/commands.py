@@ -29,6 +29,8 @@ class CommandContext:
     event_id: EventID
     args: list[str]
     raw_args: str
+    # `Usage: !approve <id>`, from the command's declaration: the answer to wrong arguments.
+    usage: str = ""
 
 
 @dataclass(frozen=True)

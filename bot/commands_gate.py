@@ -24,9 +24,7 @@ class GateCommands:
             uses = int(options["uses"])
             expires_at = expiry(options["expires"])
         except ValueError as error:
-            return Reply(
-                f"{error}. Usage: {self.prefix}invite [--uses N] [--expires 7d] [--note text]"
-            )
+            return Reply(f"{error}. {ctx.usage}")
         if uses < 1:
             return Reply("--uses must be 1 or more.")
         invite, token = await self.gate.create_invite(ctx.sender, uses, expires_at, options["note"])
@@ -52,26 +50,25 @@ class GateCommands:
     @command("revoke", args="<invite>", help="end an invite")
     async def revoke(self, ctx: CommandContext) -> Reply:
         if len(ctx.args) != 1:
-            return Reply(f"Usage: {self.prefix}revoke <invite>")
+            return Reply(ctx.usage)
         if await self.gate.revoke(ctx.args[0], ctx.sender):
             return Reply(f"Invite {ctx.args[0]} is revoked.")
         return Reply(f"There is no open invite {ctx.args[0]}.")
 
     @command(
         "block",
-        args="<email-domain|email|ip|username> <value> [--expires 7d]",
+        args=f"<{'|'.join(BLOCK_KINDS)}> <value> [--expires 7d]",
         help="refuse matching sign-ups (username: a glob or /regex/)",
     )
     async def block(self, ctx: CommandContext) -> Reply:
-        usage = f"Usage: {self.prefix}block <{'|'.join(BLOCK_KINDS)}> <value> [--expires 7d]"
         if len(ctx.args) < 2:
-            return Reply(usage)
+            return Reply(ctx.usage)
         try:
             options = parse_options(ctx.args[2:], {"expires": ""})
             expires_at = expiry(options["expires"]) if options["expires"] else None
             block = await self.gate.add_block(ctx.args[0], ctx.args[1], ctx.sender, expires_at)
         except ValueError as error:
-            return Reply(f"{error}. {usage}")
+            return Reply(f"{error}. {ctx.usage}")
         until = f" until {when(expires_at)}" if expires_at else ""
         return Reply(f"Block {block.id}: {block.kind} {block.value}{until}.")
 
@@ -89,7 +86,7 @@ class GateCommands:
     @command("unblock", args="<id>", help="lift a block")
     async def unblock(self, ctx: CommandContext) -> Reply:
         if len(ctx.args) != 1:
-            return Reply(f"Usage: {self.prefix}unblock <id>")
+            return Reply(ctx.usage)
         if await self.gate.remove_block(ctx.args[0], ctx.sender):
             return Reply(f"Block {ctx.args[0]} is lifted.")
         return Reply(f"There is no block {ctx.args[0]}.")

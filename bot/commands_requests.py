@@ -45,14 +45,14 @@ class RequestCommands:
     @command("approve", args="<id>", help="approve a request: its account is created")
     async def approve(self, ctx: CommandContext) -> Reply:
         if len(ctx.args) != 1:
-            return Reply(f"Usage: {self.prefix}approve <id>")
+            return Reply(ctx.usage)
         result = await self.decisions.approve(ctx.args[0], ctx.sender)
         return self._decision_answer(result, ctx.args[0], "Approved")
 
     @command("reject", args="<id> [reason]", help="reject a request; the reason is mailed")
     async def reject(self, ctx: CommandContext) -> Reply:
         if not ctx.args:
-            return Reply(f"Usage: {self.prefix}reject <id> [reason]")
+            return Reply(ctx.usage)
         reason = ctx.raw_args[len(ctx.args[0]) :].strip()
         result = await self.decisions.reject(ctx.args[0], ctx.sender, reason)
         return self._decision_answer(result, ctx.args[0], "Rejected")
@@ -77,7 +77,7 @@ class RequestCommands:
     @command("show", args="<id>", help="show a request and its history")
     async def show(self, ctx: CommandContext) -> Reply:
         if len(ctx.args) != 1:
-            return Reply(f"Usage: {self.prefix}show <id>")
+            return Reply(ctx.usage)
         request = await self.registrations.get(ctx.args[0])
         if request is None:
             return Reply(f"There is no request {ctx.args[0]}. {self.prefix}search finds one.")
@@ -95,7 +95,7 @@ class RequestCommands:
     @command("search", args="<text>", help="find requests by name, email or ID")
     async def search(self, ctx: CommandContext) -> Reply:
         if not ctx.raw_args:
-            return Reply(f"Usage: {self.prefix}search <text>")
+            return Reply(ctx.usage)
         found = await self.registrations.search(ctx.raw_args)
         if not found:
             return Reply(f"No request matches “{ctx.raw_args}”.")

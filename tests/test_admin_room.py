@@ -81,6 +81,14 @@ async def test_unknown_command_gets_a_hint(
     answer = await alice.reply_to(room_id, "!aprove 12", BOT)
 
     assert answer == "Unknown command !aprove. Send !help for the list."
+    # Wrong arguments get the usage line that !help shows for the command.
+    assert await alice.reply_to(room_id, "!approve", BOT) == "Usage: !approve <id>"
+    assert await alice.reply_to(room_id, "!block ip", BOT) == (
+        "Usage: !block <email-domain|email|ip|username> <value> [--expires 7d]"
+    )
+    assert (await alice.reply_to(room_id, "!invite --uses", BOT)).endswith(
+        ". Usage: !invite [--uses N] [--expires 7d] [--note text]"
+    )
     # Plain chat is not a command and gets no answer: the next answer is to !help.
     await alice.say(room_id, "morning all")
     assert (await alice.reply_to(room_id, "!help", BOT)).startswith("Gatekeeper commands:")
