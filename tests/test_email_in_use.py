@@ -172,7 +172,9 @@ async def test_upgrade_withdraws_open_requests_that_share_an_email(
     await insert_request(database, "closed", "gil@example.org", "rejected", "pending", 1)
     await insert_request(database, "open", "gil@example.org", "pending", "pending", 2)
 
+    before = now_ms()
     assert await upgrade(database) == [8]
+    after = now_ms()
 
     rows = await database.fetch("SELECT id, status, password_encrypted FROM registration_request")
     states = {row["id"]: row["status"] for row in rows}
@@ -194,6 +196,13 @@ async def test_upgrade_withdraws_open_requests_that_share_an_email(
         ("older", "gatekeeper", "unverified", "withdrawn"),
         ("second", "gatekeeper", "unverified", "withdrawn"),
     ]
+    # Stamped with the time of the upgrade, on both backends.
+    stamps = await database.fetch(
+        "SELECT at FROM registration_audit UNION ALL "
+        "SELECT updated_at FROM registration_request WHERE status = 'withdrawn'"
+    )
+    assert len(stamps) == 6
+    assert all(before <= row[0] <= after for row in stamps)
 
 
 async def test_an_email_change_cannot_take_anothers_email(

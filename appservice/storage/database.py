@@ -189,13 +189,14 @@ async def upgrade(db: Database, package: str = "gatekeeper.migrations") -> list[
         applied = []
         for migration in migrations[current:]:
             log.info("Applying migration %03d_%s", migration.version, migration.name)
+            applied_at = now_ms()
             for statement in migration.statements():
-                await conn.execute(statement)
+                await conn.execute(statement, *([applied_at] if "$1" in statement else []))
             await conn.execute(
                 "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
                 migration.version,
                 migration.name,
-                now_ms(),
+                applied_at,
             )
             applied.append(migration.version)
     return applied

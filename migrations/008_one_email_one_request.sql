@@ -8,10 +8,9 @@
 -- among equals the oldest) keeps it, and every other open one is withdrawn, with an
 -- audit row by "gatekeeper". Two approved requests (two accounts) with one
 -- address cannot be undone here: the index then fails, and the operator guide says how
--- to give one of them another address. (008_one_email_one_request.postgres.sql differs
--- only in how it reads the clock.)
+-- to give one of them another address. The one parameter is the time of the upgrade.
 CREATE TEMPORARY TABLE email_loser AS
-    SELECT loser.id, loser.status, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS at
+    SELECT loser.id, loser.status
     FROM registration_request loser
     WHERE loser.status IN ('unverified', 'pending')
     AND EXISTS (
@@ -26,13 +25,12 @@ CREATE TEMPORARY TABLE email_loser AS
     );
 
 INSERT INTO registration_audit (request_id, at, actor, from_state, to_state, reason)
-    SELECT id, at, 'gatekeeper', status, 'withdrawn',
+    SELECT id, $1, 'gatekeeper', status, 'withdrawn',
         'its email belongs to another request (migration 008)'
     FROM email_loser;
 
 UPDATE registration_request
-    SET status = 'withdrawn', password_encrypted = NULL,
-        updated_at = (SELECT at FROM email_loser WHERE email_loser.id = registration_request.id)
+    SET status = 'withdrawn', password_encrypted = NULL, updated_at = $1
     WHERE id IN (SELECT id FROM email_loser);
 
 DROP TABLE email_loser;
