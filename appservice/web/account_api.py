@@ -220,20 +220,3 @@ class AccountApi:
             return web.json_response({"enabled": True})
         await self.accounts.disable_2fa(account, session)
         return web.json_response({"enabled": False})
-
-    def routes(self, app: web.Application) -> None:
-        add = app.router
-        add.add_get("/api/csrf", self.csrf_token)
-        add.add_post("/api/auth/login", self.login)
-        add.add_post("/api/auth/login-with-second-factor", self.login_with_second_factor)
-        add.add_post("/api/auth/logout", self.logout)
-        add.add_post("/api/auth/request-password-reset", self.request_password_reset)
-        add.add_post("/api/auth/reset-password", self.reset_password)
-        add.add_get("/api/user-info", self.user_info)
-        add.add_post("/api/user/settings/language", self.set_language)
-        add.add_post("/api/user/settings/sudo", self.sudo)
-        add.add_post("/api/user/settings/confirm-email-change", self.confirm_email_change)
-        add.add_post("/api/user/settings/generate-temporary-2fa", self.generate_temporary_2fa)
-        add.add_post("/api/user/settings/sensitive/change-email", self.change_email)
-        add.add_post("/api/user/settings/sensitive/change-password", self.change_password)
-        add.add_post("/api/user/settings/sensitive/2fa", self.second_factor)

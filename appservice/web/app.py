@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import secrets
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -346,25 +347,68 @@ def create_web_app(
         ],
     )
     app.on_response_prepare.append(security_headers(api.config.web.secure, api.config.antibot))
-    account_api.routes(app)
-    pages.routes(app)
-    app.router.add_post("/api/auth/sign-up", api.sign_up)
-    app.router.add_post("/api/user/confirm-email", api.confirm_email)
-    app.router.add_post("/api/user/re-trigger-confirmation-email", api.resend_confirmation)
-    app.router.add_get("/api/registration/status", api.status)
-    app.router.add_post("/api/registration/withdraw", api.withdraw)
-    app.router.add_get("/api/admin/registrations", api.admin_list)
-    app.router.add_get("/api/admin/registrations/{id}", api.admin_show)
-    app.router.add_post("/api/admin/registrations/{id}/approve", api.admin_approve)
-    app.router.add_post("/api/admin/registrations/{id}/reject", api.admin_reject)
-    app.router.add_get("/api/antibot/challenge", api.antibot_challenge)
+    # Every route of the web endpoint, in one place.
+    add = app.router
+    # The account API (web/account_api.py): login, reset, settings.
+    add.add_get("/api/csrf", account_api.csrf_token)
+    add.add_post("/api/auth/login", account_api.login)
+    add.add_post("/api/auth/login-with-second-factor", account_api.login_with_second_factor)
+    add.add_post("/api/auth/logout", account_api.logout)
+    add.add_post("/api/auth/request-password-reset", account_api.request_password_reset)
+    add.add_post("/api/auth/reset-password", account_api.reset_password)
+    add.add_get("/api/user-info", account_api.user_info)
+    add.add_post("/api/user/settings/language", account_api.set_language)
+    add.add_post("/api/user/settings/sudo", account_api.sudo)
+    add.add_post("/api/user/settings/confirm-email-change", account_api.confirm_email_change)
+    add.add_post("/api/user/settings/generate-temporary-2fa", account_api.generate_temporary_2fa)
+    add.add_post("/api/user/settings/sensitive/change-email", account_api.change_email)
+    add.add_post("/api/user/settings/sensitive/change-password", account_api.change_password)
+    add.add_post("/api/user/settings/sensitive/2fa", account_api.second_factor)
+    # The HTML pages (web/pages.py), which work without JavaScript.
+    add.add_get("/", pages.home)
+    add.add_get("/sign-up", pages.sign_up_form)
+    add.add_post("/sign-up", pages.sign_up)
+    add.add_get("/confirm-email", pages.confirm_form)
+    add.add_post("/confirm-email", pages.confirm)
+    add.add_get("/status", pages.status)
+    add.add_post("/status/withdraw", pages.withdraw)
+    add.add_get("/login", pages.login_form)
+    add.add_post("/login", pages.login)
+    add.add_post("/login/second-factor", pages.second_factor)
+    add.add_post("/logout", pages.logout)
+    add.add_get("/forgot-password", pages.forgot_form)
+    add.add_post("/forgot-password", pages.forgot)
+    add.add_get("/reset-password", pages.reset_form)
+    add.add_post("/reset-password", pages.reset)
+    add.add_get("/settings", pages.settings_page)
+    add.add_post("/settings/language", pages.set_language)
+    add.add_post("/settings/sudo", pages.sudo)
+    add.add_post("/settings/email", pages.change_email)
+    add.add_post("/settings/password", pages.change_password)
+    add.add_post("/settings/2fa/start", pages.start_2fa)
+    add.add_post("/settings/2fa/enable", pages.enable_2fa)
+    add.add_post("/settings/2fa/disable", pages.disable_2fa)
+    add.add_get("/confirm-email-change", pages.email_change_form)
+    add.add_post("/confirm-email-change", pages.confirm_email_change)
+    add.add_static("/static", str(resources.files("gatekeeper.appservice.web") / "static"))
+    # Sign-up, the request's status and the admin API (WebApi, above).
+    add.add_post("/api/auth/sign-up", api.sign_up)
+    add.add_post("/api/user/confirm-email", api.confirm_email)
+    add.add_post("/api/user/re-trigger-confirmation-email", api.resend_confirmation)
+    add.add_get("/api/registration/status", api.status)
+    add.add_post("/api/registration/withdraw", api.withdraw)
+    add.add_get("/api/admin/registrations", api.admin_list)
+    add.add_get("/api/admin/registrations/{id}", api.admin_show)
+    add.add_post("/api/admin/registrations/{id}/approve", api.admin_approve)
+    add.add_post("/api/admin/registrations/{id}/reject", api.admin_reject)
+    add.add_get("/api/antibot/challenge", api.antibot_challenge)
     # For load balancers and container health checks; the metrics listener has it too.
-    app.router.add_get("/health", monitoring.health)
+    add.add_get("/health", monitoring.health)
     document = openapi_document(app, api.config.homeserver.domain)
 
     async def openapi(_: web.Request) -> web.Response:
         """The OpenAPI document of this API."""
         return web.json_response(document)
 
-    app.router.add_get("/api/openapi.json", openapi)
+    add.add_get("/api/openapi.json", openapi)
     return app

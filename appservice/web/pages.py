@@ -10,7 +10,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import jinja2
@@ -628,35 +627,6 @@ class Pages:
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/sign-up")
-
-    def routes(self, app: web.Application) -> None:
-        add = app.router
-        add.add_get("/", self.home)
-        add.add_get("/sign-up", self.sign_up_form)
-        add.add_post("/sign-up", self.sign_up)
-        add.add_get("/confirm-email", self.confirm_form)
-        add.add_post("/confirm-email", self.confirm)
-        add.add_get("/status", self.status)
-        add.add_post("/status/withdraw", self.withdraw)
-        add.add_get("/login", self.login_form)
-        add.add_post("/login", self.login)
-        add.add_post("/login/second-factor", self.second_factor)
-        add.add_post("/logout", self.logout)
-        add.add_get("/forgot-password", self.forgot_form)
-        add.add_post("/forgot-password", self.forgot)
-        add.add_get("/reset-password", self.reset_form)
-        add.add_post("/reset-password", self.reset)
-        add.add_get("/settings", self.settings_page)
-        add.add_post("/settings/language", self.set_language)
-        add.add_post("/settings/sudo", self.sudo)
-        add.add_post("/settings/email", self.change_email)
-        add.add_post("/settings/password", self.change_password)
-        add.add_post("/settings/2fa/start", self.start_2fa)
-        add.add_post("/settings/2fa/enable", self.enable_2fa)
-        add.add_post("/settings/2fa/disable", self.disable_2fa)
-        add.add_get("/confirm-email-change", self.email_change_form)
-        add.add_post("/confirm-email-change", self.confirm_email_change)
-        add.add_static("/static", str(resources.files("gatekeeper.appservice.web") / "static"))
 
 
 def redirect(location: str) -> web.Response:
