@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -29,7 +31,7 @@ from ruamel.yaml import YAML
 
 from gatekeeper.appservice.config import Config, DatabaseConfig, load_config
 from gatekeeper.appservice.runtime.program import Gatekeeper
-from gatekeeper.appservice.storage.database import create_database
+from gatekeeper.appservice.storage.database import create_database, upgrade
 from harness.matrix_user import EVENT_WAIT_SECONDS, EVENT_WAITS, MatrixUser
 from harness.net import free_port
 from harness.synapse import SynapseServer, SynapseSettings
@@ -58,7 +60,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if fixture in fixtures:
                 item.add_marker(marker)
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("db_url") == "postgres":
+        if callspec is not None and "postgres" in (
+            callspec.params.get("db_url"),
+            callspec.params.get("migrated_db_url"),
+        ):
             item.add_marker("postgres")
 
 
@@ -99,13 +104,43 @@ def postgres_url() -> str:
     url = os.environ.get("GATEKEEPER_TEST_POSTGRES")
     if not url:
         missing_peer("GATEKEEPER_TEST_POSTGRES is not set")
-    # Its own thread and loop: this may be first asked for from inside a running loop.
-    with ThreadPoolExecutor(1) as pool:
-        try:
-            pool.submit(asyncio.run, _check_postgres(str(url))).result()
-        except (OSError, asyncpg.PostgresError) as error:
-            missing_peer(f"PostgreSQL at GATEKEEPER_TEST_POSTGRES is unreachable: {error}")
+    try:
+        _in_own_loop(_check_postgres(str(url)))
+    except (OSError, asyncpg.PostgresError) as error:
+        missing_peer(f"PostgreSQL at GATEKEEPER_TEST_POSTGRES is unreachable: {error}")
     return str(url)
+
+
+async def _create_postgres_database(server_url: str, template: str = "template1") -> str:
+    name = f"gatekeeper_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_postgres_database(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _database_url(server_url: str, name: str) -> str:
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@asynccontextmanager
+async def _started(url: str) -> AsyncIterator[Database]:
+    db = create_database(DatabaseConfig(url=url))
+    await db.start()
+    try:
+        yield db
+    finally:
+        await db.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -115,23 +150,79 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield f"sqlite:{tmp_path / 'gatekeeper.db'}"
         return
     server_url = request.getfixturevalue("postgres_url")
-    name = f"gatekeeper_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    name = await _create_postgres_database(server_url)
     try:
-        yield server_url.rsplit("/", 1)[0] + "/" + name
+        yield _database_url(server_url, name)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await _drop_postgres_database(server_url, name)
 
 
 @pytest.fixture
 async def database(db_url: str) -> AsyncIterator[Database]:
     """A started (not yet migrated) connection to a fresh database."""
-    db = create_database(DatabaseConfig(url=db_url))
-    await db.start()
-    yield db
-    await db.stop()
+    async with _started(db_url) as db:
+        yield db
+
+
+# Migrating takes longer than copying: the unit tests that want the whole schema get a
+# copy of a database migrated once per session (a file copy on SQLite, CREATE DATABASE
+# ... TEMPLATE on PostgreSQL).
+
+
+def _in_own_loop(work: Awaitable[Any]) -> Any:
+    """Run `work` in a thread with its own loop: a session fixture may first be asked for
+    (request.getfixturevalue) from inside a test's running loop."""
+
+    async def run() -> Any:
+        return await work
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+async def _migrate(url: str) -> None:
+    async with _started(url) as db:
+        await upgrade(db)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "gatekeeper.db"
+    _in_own_loop(_migrate(f"sqlite:{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    name = _in_own_loop(_create_postgres_database(postgres_url))
+    try:
+        _in_own_loop(_migrate(_database_url(postgres_url, name)))
+        yield name
+    finally:
+        _in_own_loop(_drop_postgres_database(postgres_url, name))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database on each backend, at the latest schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "gatekeeper.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:{path}"
+        return
+    server_url = request.getfixturevalue("postgres_url")
+    name = await _create_postgres_database(server_url, request.getfixturevalue("postgres_template"))
+    try:
+        yield _database_url(server_url, name)
+    finally:
+        await _drop_postgres_database(server_url, name)
+
+
+@pytest.fixture
+async def db(migrated_db_url: str) -> AsyncIterator[Database]:
+    """A started connection to a fresh database at the latest schema."""
+    async with _started(migrated_db_url) as db:
+        yield db
 
 
 # --- Synapse and its users ---------------------------------------------------------------

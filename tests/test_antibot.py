@@ -14,16 +14,9 @@ from mautrix.util.async_db import Database
 
 from gatekeeper.appservice.config import AntibotConfig
 from gatekeeper.appservice.domain.antibot import CHALLENGE_TTL, HONEYPOT_FIELD, AntiBot
-from gatekeeper.appservice.storage.database import upgrade
 
 KEY = "test-hmac-key-not-secret"
 MAX_NUMBER = 1000
-
-
-@pytest.fixture
-async def db(database: Database) -> Database:
-    await upgrade(database)
-    return database
 
 
 def antibot(db: Database, pow_on: bool = True, honeypot: bool = False) -> AntiBot:

@@ -15,7 +15,7 @@ from gatekeeper.appservice.config import SecurityConfig, SmtpConfig
 from gatekeeper.appservice.domain.i18n import Catalogue, placeholders
 from gatekeeper.appservice.runtime.mailer import Mailer
 from gatekeeper.appservice.storage.crypto import SecretBox
-from gatekeeper.appservice.storage.database import transaction, upgrade
+from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.timeutil import now_ms
 from harness.net import free_port
 from tests.conftest import MailCatcher
@@ -25,12 +25,6 @@ FROM = "Gatekeeper <gatekeeper@example.org>"
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-async def db(database: Database) -> Database:
-    await upgrade(database)
-    return database
 
 
 @pytest.fixture

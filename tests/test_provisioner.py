@@ -22,7 +22,6 @@ from gatekeeper.appservice.homeserver.synapse_admin import (
     SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
-from gatekeeper.appservice.storage.database import upgrade
 from tests.example_config import example_config
 
 PASSWORD = "correct horse battery staple"
@@ -109,11 +108,10 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(database: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
-    await upgrade(database)
+async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
     clock = Clock()
     monkeypatch.setattr(timeutil, "time", clock)
-    registrations = Registrations(database)
+    registrations = Registrations(db)
     synapse, mail = FakeSynapse(), FakeMail()
     config = example_config(
         registration={

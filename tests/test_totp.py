@@ -16,7 +16,6 @@ from gatekeeper.appservice.config import SecurityConfig
 from gatekeeper.appservice.domain.registration_request import NewRequest
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.storage.crypto import SecretBox
-from gatekeeper.appservice.storage.database import upgrade
 from gatekeeper.appservice.storage.totp import TotpStore
 
 ISSUER = "Gatekeeper Test"
@@ -47,9 +46,8 @@ def code(secret: str, at: float) -> str:
 
 
 @pytest.fixture
-async def setup(database: Database) -> Setup:
-    await upgrade(database)
-    request = await Registrations(database).create(
+async def setup(db: Database) -> Setup:
+    request = await Registrations(db).create(
         NewRequest(
             localpart="alice",
             email="alice@example.org",
@@ -62,7 +60,7 @@ async def setup(database: Database) -> Setup:
     )
     box = SecretBox(SecurityConfig(encryption_keys=[SecretStr(Fernet.generate_key().decode())]))
     clock = Clock(T0)
-    return Setup(TotpStore(database, box, ISSUER, now=clock), clock, request.id, database)
+    return Setup(TotpStore(db, box, ISSUER, now=clock), clock, request.id, db)
 
 
 async def enabled(s: Setup) -> str:
