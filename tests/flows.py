@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -13,7 +14,7 @@ from mautrix.types import RoomID
 
 from gatekeeper.appservice.runtime.program import Gatekeeper
 from harness.matrix_user import Event, MatrixUser, wait_until
-from tests.conftest import ADMIN_API_TOKEN, SERVER_NAME
+from tests.conftest import ADMIN_API_TOKEN, SERVER_NAME, MailCatcher, StartGatekeeper
 
 BOT = f"@gatekeeper:{SERVER_NAME}"
 PASSWORD = "a perfectly fine passphrase 42"
@@ -105,12 +106,52 @@ def link_token(mail: EmailMessage, path: str) -> str:
     return match.group(1)
 
 
+async def confirmed_applicant(
+    gatekeeper: Gatekeeper, smtp: MailCatcher, prefix: str
+) -> tuple[Applicant, EmailMessage]:
+    """A new applicant who signed up and followed the link of the confirmation mail, and
+    that mail."""
+    applicant = new_applicant(prefix)
+    await sign_up(gatekeeper, applicant)
+    mail = await smtp.wait_for(applicant.email, "confirm")
+    token = link_token(mail, "confirm-email")
+    await api(gatekeeper, "POST", "/api/user/confirm-email", {"token": token})
+    return applicant, mail
+
+
 async def admin_room(gatekeeper: Gatekeeper, admin: MatrixUser) -> RoomID:
     """The room the bot created, joined by `admin`."""
     room_id = gatekeeper.bot.room.room_id
     await admin.wait_for_invite(room_id)
     await admin.api.join_room_by_id(room_id)
     return room_id
+
+
+async def started_with_room(
+    start_gatekeeper: StartGatekeeper, admin: MatrixUser, **sections: Any
+) -> tuple[Gatekeeper, RoomID]:
+    """A Gatekeeper started with these config sections, and its room, joined by `admin`."""
+    gatekeeper = await start_gatekeeper(**sections)
+    return gatekeeper, await admin_room(gatekeeper, admin)
+
+
+async def room_caught_up(admin: MatrixUser, room_id: RoomID) -> None:
+    """The bot handles events in order: once it answers this, it has seen everything before."""
+    assert "!endmarker" in await admin.reply_to(room_id, "!endmarker", BOT)
+
+
+def fake_event(
+    kind: str, room_id: RoomID, sender: str, content: dict[str, Any]
+) -> dict[str, object]:
+    """An event as Synapse would push it in a transaction, for tests that push their own."""
+    return {
+        "type": kind,
+        "room_id": room_id,
+        "sender": sender,
+        "event_id": f"$fake-{secrets.token_hex(8)}",
+        "origin_server_ts": int(time.time() * 1000),
+        "content": content,
+    }
 
 
 def is_notice_for(room_id: RoomID, applicant: Applicant) -> Any:

@@ -61,10 +61,12 @@ from tests.flows import (
     admin_room,
     api,
     can_log_in,
+    fake_event,
     is_edit_of,
     is_notice_for,
     link_token,
     new_applicant,
+    room_caught_up,
     sign_up,
     web_url,
 )
@@ -138,11 +140,6 @@ def bot_answers(admin: MatrixUser, room_id: RoomID, containing: str) -> list[str
     ]
 
 
-async def room_caught_up(admin: MatrixUser, room_id: RoomID) -> None:
-    """The bot handles events in order: once it answers this, it has seen everything before."""
-    assert "!endmarker" in await admin.reply_to(room_id, "!endmarker", BOT)
-
-
 async def account_created_once(
     gatekeeper_url: str,
     request_id: str,
@@ -204,10 +201,7 @@ async def test_hanging_synapse_times_out_and_is_retried(
     )
     url = web_url(gatekeeper)
     room_id = await admin_room(gatekeeper, alice)
-    hana = new_applicant("hana")
-    assert (await sign_up(gatekeeper, hana))[0] == 201
-    notice = await alice.wait_for(is_notice_for(room_id, hana))
-    request_id = body_request_id(await admin_get(url, "/registrations"), hana)
+    hana, notice, request_id = await noticed_request(gatekeeper, alice, room_id, "hana")
 
     stalling_synapse.hang()
     assert await admin_post(url, f"/registrations/{request_id}/approve") == 200
@@ -222,6 +216,18 @@ async def test_hanging_synapse_times_out_and_is_retried(
     await smtp.wait_for(hana.email, "is ready")
     await wait_until(lambda: outbox_drained(gatekeeper))
     one_mail(smtp, hana.email, "is ready")
+
+
+async def noticed_request(
+    gatekeeper: Gatekeeper, admin: MatrixUser, room_id: RoomID, prefix: str
+) -> tuple[Applicant, Event, str]:
+    """A new applicant signs up; returns them, the notice the admins got, and the ID of
+    their request as the admin API lists it."""
+    applicant = new_applicant(prefix)
+    assert (await sign_up(gatekeeper, applicant))[0] == 201
+    notice = await admin.wait_for(is_notice_for(room_id, applicant))
+    listing = await admin_get(web_url(gatekeeper), "/registrations")
+    return applicant, notice, body_request_id(listing, applicant)
 
 
 def body_request_id(listing: tuple[int, Any], applicant: Applicant) -> str:
@@ -270,14 +276,8 @@ async def failed_sends(gatekeeper: Gatekeeper, more_than: int = 0) -> bool:
 
 
 def reaction_event(room_id: RoomID, sender: str, target: str, key: str) -> dict[str, object]:
-    return {
-        "type": "m.reaction",
-        "room_id": room_id,
-        "sender": sender,
-        "event_id": f"$fake-reaction-{time.monotonic_ns()}",
-        "origin_server_ts": int(time.time() * 1000),
-        "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}},
-    }
+    relation = {"rel_type": "m.annotation", "event_id": target, "key": key}
+    return fake_event("m.reaction", room_id, sender, {"m.relates_to": relation})
 
 
 @SQLITE_ONLY
@@ -290,10 +290,7 @@ async def test_out_of_order_and_repeated_decisions_count_once(
     gatekeeper = await start_gatekeeper(registration=PATIENT)
     url = web_url(gatekeeper)
     room_id = await admin_room(gatekeeper, alice)
-    otto = new_applicant("otto")
-    assert (await sign_up(gatekeeper, otto))[0] == 201
-    notice = await alice.wait_for(is_notice_for(room_id, otto))
-    request_id = body_request_id(await admin_get(url, "/registrations"), otto)
+    otto, notice, request_id = await noticed_request(gatekeeper, alice, room_id, "otto")
     approval = reaction_event(room_id, alice.user_id, notice["event_id"], "✅")
     rejection = command_event(room_id, alice.user_id, f"!reject {request_id} one account each")
 

@@ -22,6 +22,7 @@ from tests.flows import (
     new_applicant,
     request_id_of,
     sign_up,
+    started_with_room,
     wait_for_state,
     web_url,
 )
@@ -40,8 +41,7 @@ async def invite_token(alice: MatrixUser, room_id: str, args: str) -> tuple[str,
 async def test_invite_with_two_uses(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, smtp: MailCatcher
 ) -> None:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
     invite_id, token = await invite_token(alice, room_id, "--uses 2 --note choir friends")
     assert "choir friends" in await alice.reply_to(room_id, "!invites", BOT)
 
@@ -70,8 +70,7 @@ async def test_invite_with_two_uses(
 async def test_expired_and_revoked_invites_are_refused_before_any_mail(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, smtp: MailCatcher
 ) -> None:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
     _, expiring = await invite_token(alice, room_id, "--expires 1h")
     await gatekeeper.db.execute("UPDATE invite SET expires_at = 1")
     revoked_id, revoked = await invite_token(alice, room_id, "--uses 5")
@@ -104,8 +103,9 @@ async def test_each_block_kind(
     blocked: dict[str, str] | None,
     allowed: dict[str, str] | None,
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration={"require_email_confirmation": False}
+    )
     answer = await alice.reply_to(room_id, f"!block {block}", BOT)
     assert answer.startswith("Block ")
     if blocked is not None:
@@ -127,8 +127,9 @@ async def test_each_block_kind(
 async def test_expired_block_no_longer_applies(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration={"require_email_confirmation": False}
+    )
     await alice.reply_to(room_id, "!block email-domain example.org --expires 1h", BOT)
     assert (await sign_up(gatekeeper, new_applicant()))[1]["errcode"] == "GK_SIGNUP_REFUSED"
     await gatekeeper.db.execute("UPDATE signup_block SET expires_at = 1")
@@ -147,8 +148,7 @@ async def test_config_domain_lists(start_gatekeeper: StartGatekeeper) -> None:
 
 
 async def test_close_and_open(start_gatekeeper: StartGatekeeper, alice: MatrixUser) -> None:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
     await alice.reply_to(room_id, "!close too many spammers today", BOT)
 
     status, body = await sign_up(gatekeeper, new_applicant())
@@ -182,8 +182,9 @@ async def test_daily_cap_closes_sign_ups(
 
 
 async def test_stats_and_audit(start_gatekeeper: StartGatekeeper, alice: MatrixUser) -> None:
-    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration={"require_email_confirmation": False}
+    )
     vic, wes = new_applicant("vic"), new_applicant("wes")
     await sign_up(gatekeeper, vic)
     await sign_up(gatekeeper, wes)
@@ -228,8 +229,7 @@ async def test_non_admins_cannot_use_the_power_tools(
 async def gatekeeper_with_mallory(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, mallory: MatrixUser
 ) -> tuple[Gatekeeper, str]:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
     await alice.api.invite_user(room_id, mallory.user_id)
     await mallory.wait_for_invite(room_id)
     await mallory.api.join_room_by_id(room_id)

@@ -12,13 +12,14 @@ from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (
     BOT,
-    admin_room,
     can_log_in,
+    confirmed_applicant,
     link_token,
     new_applicant,
     pass_time,
     request_id_of,
     sign_up,
+    started_with_room,
     wait_for_state,
 )
 from tests.flows import api as gatekeeper_api
@@ -34,17 +35,13 @@ async def test_admin_token_sets_profile_email_and_joins_rooms(
         f"server-admin-{secrets.token_hex(3)}", "admin password 123", admin=True
     )
     lobby = await alice.api.create_room(preset=RoomCreatePreset.PUBLIC, name="Lobby")
-    gatekeeper = await start_gatekeeper(
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper,
+        alice,
         homeserver={"admin_token": admin["access_token"]},
         registration={"newcomer_rooms": [lobby]},
     )
-    room_id = await admin_room(gatekeeper, alice)
-    lou = new_applicant("lou")
-    await sign_up(gatekeeper, lou)
-    mail = await smtp.wait_for(lou.email, "confirm")
-    await gatekeeper_api(
-        gatekeeper, "POST", "/api/user/confirm-email", {"token": link_token(mail, "confirm-email")}
-    )
+    lou, _ = await confirmed_applicant(gatekeeper, smtp, "lou")
     request_id = await request_id_of(gatekeeper, lou)
 
     await alice.reply_to(room_id, f"!approve {request_id}", BOT)
@@ -70,10 +67,11 @@ async def test_without_admin_token_the_bot_invites_newcomers(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, synapse: Homeserver
 ) -> None:
     lobby = await alice.api.create_room(name="Lobby", invitees=[UserID(BOT)])
-    gatekeeper = await start_gatekeeper(
-        registration={"require_email_confirmation": False, "newcomer_rooms": [lobby]}
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper,
+        alice,
+        registration={"require_email_confirmation": False, "newcomer_rooms": [lobby]},
     )
-    room_id = await admin_room(gatekeeper, alice)
     max_ = new_applicant("max")
     await sign_up(gatekeeper, max_)
     request_id = await request_id_of(gatekeeper, max_)

@@ -95,6 +95,13 @@ async def lock(lockout: Lockout, name: str, times: int) -> None:
         await lockout.failure(name)
 
 
+async def retry_after(lockout: Lockout, name: str) -> int:
+    """The wait `lockout` asks of `name`, whose check it must refuse."""
+    with pytest.raises(RateLimited) as raised:
+        await lockout.check(name)
+    return raised.value.retry_after
+
+
 async def test_lockout_wait_doubles_up_to_the_cap(db: Database) -> None:
     clock = Clock()
     lockout = Lockout(db, max_failures=5, first_wait_seconds=60, max_wait_seconds=200, now=clock)
@@ -102,27 +109,19 @@ async def test_lockout_wait_doubles_up_to_the_cap(db: Database) -> None:
     await lock(lockout, "alice", 4)
     await lockout.check("alice")
     await lockout.failure("alice")
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 60
+    assert await retry_after(lockout, "alice") == 60
     await lockout.check("bob")
 
     clock.advance(59)
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 1
+    assert await retry_after(lockout, "alice") == 1
     clock.advance(1)
     await lock(lockout, "alice", 5)
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 120
+    assert await retry_after(lockout, "alice") == 120
 
     for _ in range(2):
         clock.advance(300)
         await lock(lockout, "alice", 5)
-        with pytest.raises(RateLimited) as raised:
-            await lockout.check("alice")
-        assert raised.value.retry_after == 200
+        assert await retry_after(lockout, "alice") == 200
 
 
 async def test_lockout_counts_concurrent_failures_once_each(db: Database) -> None:
@@ -131,9 +130,7 @@ async def test_lockout_counts_concurrent_failures_once_each(db: Database) -> Non
     await asyncio.gather(*(lockout.failure("alice") for _ in range(25)))
     # Two lockouts (60 s, then 120 s from the same instant) and 5 failures towards a third.
     assert await lockout.failures("alice") == 5
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 120
+    assert await retry_after(lockout, "alice") == 120
 
 
 async def test_success_clears_failures_and_lockouts(db: Database) -> None:
@@ -148,9 +145,7 @@ async def test_success_clears_failures_and_lockouts(db: Database) -> None:
     assert await lockout.failures("alice") == 0
     # The next lockout is a first one again.
     await lock(lockout, "alice", 5)
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 60
+    assert await retry_after(lockout, "alice") == 60
 
 
 async def test_success_does_not_lift_a_lock_in_force(db: Database) -> None:
@@ -158,22 +153,17 @@ async def test_success_does_not_lift_a_lock_in_force(db: Database) -> None:
     lockout = Lockout(db, max_failures=3, first_wait_seconds=60, now=clock)
     await lock(lockout, "alice", 3)
     await lockout.success("alice")
-    with pytest.raises(RateLimited):
-        await lockout.check("alice")
+    await retry_after(lockout, "alice")
 
 
 async def test_single_failure_lockout(db: Database) -> None:
     clock = Clock()
     lockout = Lockout(db, max_failures=1, first_wait_seconds=10, max_wait_seconds=15, now=clock)
     await lockout.failure("alice")
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 10
+    assert await retry_after(lockout, "alice") == 10
     clock.advance(10)
     await lockout.failure("alice")
-    with pytest.raises(RateLimited) as raised:
-        await lockout.check("alice")
-    assert raised.value.retry_after == 15
+    assert await retry_after(lockout, "alice") == 15
 
 
 def test_address_key_groups_ipv6_by_64() -> None:

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 import asyncio
 
-from harness.matrix_user import MatrixUser, wait_until
+from mautrix.types import RoomID
+
+from gatekeeper.appservice.runtime.program import Gatekeeper
+from harness.matrix_user import Event, MatrixUser, wait_until
 from tests.conftest import Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (
     BOT,
-    admin_room,
+    Applicant,
     api,
     can_log_in,
+    confirmed_applicant,
     is_edit_of,
     is_notice_for,
     link_token,
     new_applicant,
     request_id_of,
     sign_up,
+    started_with_room,
     wait_for_state,
 )
 
 NO_CONFIRMATION = {"require_email_confirmation": False}
+
+
+async def noticed_request(
+    gatekeeper: Gatekeeper, admin: MatrixUser, room_id: RoomID, prefix: str
+) -> tuple[Applicant, Event, str]:
+    """A new applicant signs up; returns them, the notice `admin` got, and their request's ID."""
+    applicant = new_applicant(prefix)
+    await sign_up(gatekeeper, applicant)
+    notice = await admin.wait_for(is_notice_for(room_id, applicant))
+    return applicant, notice, await request_id_of(gatekeeper, applicant)
 
 
 async def test_happy_path_with_reaction(
@@ -29,8 +44,7 @@ async def test_happy_path_with_reaction(
     smtp: MailCatcher,
     synapse: Homeserver,
 ) -> None:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
     ann = new_applicant()
 
     status, body = await sign_up(gatekeeper, ann, reason="Alice's friend from the choir")
@@ -74,8 +88,9 @@ async def test_approve_and_reject_by_command(
     smtp: MailCatcher,
     synapse: Homeserver,
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration=NO_CONFIRMATION
+    )
     bea, cal = new_applicant("bea"), new_applicant("cal")
     assert (await sign_up(gatekeeper, bea))[0] == 201
     assert (await sign_up(gatekeeper, cal))[0] == 201
@@ -113,15 +128,13 @@ async def test_approve_and_reject_by_command(
 async def test_non_admin_changes_nothing(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, mallory: MatrixUser
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
-    room_id = await admin_room(gatekeeper, alice)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration=NO_CONFIRMATION
+    )
     await alice.api.invite_user(room_id, mallory.user_id)
     await mallory.wait_for_invite(room_id)
     await mallory.api.join_room_by_id(room_id)
-    dan = new_applicant("dan")
-    await sign_up(gatekeeper, dan)
-    notice = await mallory.wait_for(is_notice_for(room_id, dan))
-    request_id = await request_id_of(gatekeeper, dan)
+    _, notice, request_id = await noticed_request(gatekeeper, mallory, room_id, "dan")
 
     await mallory.api.react(room_id, notice["event_id"], "✅")
     refusal = await mallory.reply_to(room_id, f"!approve {request_id}", BOT)
@@ -135,12 +148,10 @@ async def test_non_admin_changes_nothing(
 async def test_double_approval_makes_one_account_and_no_repeated_edit(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, smtp: MailCatcher, synapse: Homeserver
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
-    room_id = await admin_room(gatekeeper, alice)
-    eve = new_applicant("eve")
-    await sign_up(gatekeeper, eve)
-    notice = await alice.wait_for(is_notice_for(room_id, eve))
-    request_id = await request_id_of(gatekeeper, eve)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration=NO_CONFIRMATION
+    )
+    eve, notice, request_id = await noticed_request(gatekeeper, alice, room_id, "eve")
 
     await asyncio.gather(
         alice.api.react(room_id, notice["event_id"], "✅"),
@@ -167,14 +178,8 @@ async def test_double_approval_makes_one_account_and_no_repeated_edit(
 async def test_expired_and_withdrawn_cannot_be_approved(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser, smtp: MailCatcher
 ) -> None:
-    gatekeeper = await start_gatekeeper()
-    room_id = await admin_room(gatekeeper, alice)
-    fay = new_applicant("fay")
-    await sign_up(gatekeeper, fay)
-    mail = await smtp.wait_for(fay.email, "Confirm")
-    await api(
-        gatekeeper, "POST", "/api/user/confirm-email", {"token": link_token(mail, "confirm-email")}
-    )
+    gatekeeper, room_id = await started_with_room(start_gatekeeper, alice)
+    fay, mail = await confirmed_applicant(gatekeeper, smtp, "fay")
     notice = await alice.wait_for(is_notice_for(room_id, fay))
     status_token = link_token(mail, "status")
     assert (await api(gatekeeper, "GET", f"/api/registration/status?token={status_token}"))[1][
@@ -194,14 +199,12 @@ async def test_expired_and_withdrawn_cannot_be_approved(
 
 async def test_requests_expire(start_gatekeeper: StartGatekeeper, alice: MatrixUser) -> None:
     # 2 seconds to live
-    gatekeeper = await start_gatekeeper(
-        registration={"require_email_confirmation": False, "request_ttl_hours": 2 / 3600}
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper,
+        alice,
+        registration={"require_email_confirmation": False, "request_ttl_hours": 2 / 3600},
     )
-    room_id = await admin_room(gatekeeper, alice)
-    gus = new_applicant("gus")
-    await sign_up(gatekeeper, gus)
-    notice = await alice.wait_for(is_notice_for(room_id, gus))
-    request_id = await request_id_of(gatekeeper, gus)
+    _, notice, request_id = await noticed_request(gatekeeper, alice, room_id, "gus")
 
     await wait_for_state(gatekeeper, request_id, "expired")
     await alice.wait_for(is_edit_of(notice["event_id"], "Expired"))
@@ -228,12 +231,10 @@ async def test_mail_waits_for_smtp(start_gatekeeper: StartGatekeeper, smtp: Mail
 async def test_a_notice_sent_but_not_recorded_is_not_posted_twice(
     start_gatekeeper: StartGatekeeper, alice: MatrixUser
 ) -> None:
-    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
-    room_id = await admin_room(gatekeeper, alice)
-    ann = new_applicant("ann")
-    await sign_up(gatekeeper, ann)
-    notice = await alice.wait_for(is_notice_for(room_id, ann))
-    request_id = await request_id_of(gatekeeper, ann)
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper, alice, registration=NO_CONFIRMATION
+    )
+    ann, notice, request_id = await noticed_request(gatekeeper, alice, room_id, "ann")
     # As if recording the notice had failed after Synapse took it: it is sent again.
     await gatekeeper.db.execute(
         "UPDATE registration_request SET notice_event_id = NULL, notice_state = NULL WHERE id = $1",

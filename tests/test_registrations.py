@@ -197,6 +197,16 @@ async def new_invite(db: Database) -> str:
     return invite_id
 
 
+async def invited_request(
+    registrations: Registrations, db: Database, *, confirmed: bool
+) -> tuple[str, RegistrationRequest]:
+    """A new invite, and a new request made with it: the invite's ID and the request."""
+    invite_id = await new_invite(db)
+    return invite_id, await registrations.create(
+        new_request(invite_id=invite_id), confirmed=confirmed
+    )
+
+
 async def audit_rows(
     registrations: Registrations, request_id: str
 ) -> list[tuple[str, str | None, str, str | None]]:
@@ -340,8 +350,7 @@ async def test_create_confirmed(registrations: Registrations) -> None:
 async def test_create_invited_and_confirmed_is_approved_by_the_invite(
     registrations: Registrations, shared_db: Database
 ) -> None:
-    invite_id = await new_invite(shared_db)
-    request = await registrations.create(new_request(invite_id=invite_id), confirmed=True)
+    invite_id, request = await invited_request(registrations, shared_db, confirmed=True)
     assert request.state is State.APPROVED
     assert request.decided_by == f"invite {invite_id}"
     assert request.decided_at is not None
@@ -358,8 +367,7 @@ async def test_create_invited_and_confirmed_is_approved_by_the_invite(
 async def test_create_invited_waits_for_the_email_first(
     registrations: Registrations, shared_db: Database
 ) -> None:
-    invite_id = await new_invite(shared_db)
-    request = await registrations.create(new_request(invite_id=invite_id), confirmed=False)
+    invite_id, request = await invited_request(registrations, shared_db, confirmed=False)
     assert (request.state, request.decided_by, request.invite_id) == (
         State.UNVERIFIED,
         None,
@@ -391,8 +399,7 @@ async def test_confirm_email_once(registrations: Registrations) -> None:
 async def test_confirm_email_of_an_invited_request_approves_it(
     registrations: Registrations, shared_db: Database
 ) -> None:
-    invite_id = await new_invite(shared_db)
-    request = await registrations.create(new_request(invite_id=invite_id), confirmed=False)
+    invite_id, request = await invited_request(registrations, shared_db, confirmed=False)
     result = await registrations.confirm_email(await issue(registrations, request.id))
     assert result.outcome is Outcome.CHANGED
     now = await stored(registrations, request.id)
