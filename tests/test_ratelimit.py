@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from mautrix.util.async_db import Database
 
-from gatekeeper.appservice.storage.database import upgrade
 from gatekeeper.appservice.storage.ratelimit import (
     Limit,
     Lockout,
@@ -28,12 +27,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)
-
-
-@pytest.fixture
-async def db(database: Database) -> Database:
-    await upgrade(database)
-    return database
 
 
 async def test_limit_allows_n_hits_per_window(db: Database) -> None:

@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from ruamel.yaml import YAML
+
+from gatekeeper.appservice.cli import main
 
 EXAMPLE = Path(__file__).parent.parent / "example-config.yaml"
 
 
 def generate(config: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it, in a process of its own."""
     return subprocess.run(
         [
             sys.executable,
@@ -28,6 +32,11 @@ def generate(config: Path, output: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def generate_here(config: Path, output: Path) -> int:
+    """The same command in this process, a second faster; pytest's capsys has its output."""
+    return main(["generate-registration", "-c", str(config), "-o", str(output)])
 
 
 def test_writes_registration_and_tokens(tmp_path: Path) -> None:
@@ -57,36 +66,38 @@ def test_writes_registration_and_tokens(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_each_run_makes_new_tokens(tmp_path: Path) -> None:
+def test_each_run_makes_new_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(EXAMPLE.read_text())
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
-    assert generate(config, first).returncode == 0
-    assert generate(config, second).returncode == 0
+    assert generate_here(config, first) == 0
+    assert generate_here(config, second) == 0
     tokens = [YAML(typ="safe").load(p.read_text())["as_token"] for p in (first, second)]
     assert tokens[0] != tokens[1]
 
 
-def test_invalid_config_is_refused_and_left_alone(tmp_path: Path) -> None:
+def test_invalid_config_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "config.yaml"
     text = EXAMPLE.read_text().replace("  port: 29330", "  prot: 29330")
     config.write_text(text)
 
-    result = generate(config, tmp_path / "registration.yaml")
-
-    assert result.returncode == 10
-    assert "appservice.prot: unknown key" in result.stderr
+    assert generate_here(config, tmp_path / "registration.yaml") == 10
+    assert "appservice.prot: unknown key" in capsys.readouterr().err
     assert config.read_text() == text
     assert not (tmp_path / "registration.yaml").exists()
 
 
-def test_fills_a_generated_encryption_key_and_keeps_real_ones(tmp_path: Path) -> None:
+def test_fills_a_generated_encryption_key_and_keeps_real_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(EXAMPLE.read_text())
-    assert generate(config, tmp_path / "registration.yaml").returncode == 0
+    assert generate_here(config, tmp_path / "registration.yaml") == 0
     keys = YAML(typ="safe").load(config.read_text())["security"]["encryption_keys"]
     assert len(keys) == 1
     assert keys[0] != "generate"
 
-    assert generate(config, tmp_path / "registration.yaml").returncode == 0
+    assert generate_here(config, tmp_path / "registration.yaml") == 0
     assert YAML(typ="safe").load(config.read_text())["security"]["encryption_keys"] == keys

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import asyncpg
 import pytest
 from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
-from gatekeeper.appservice.config import DatabaseConfig
 from gatekeeper.appservice.domain.registration_request import (
     AuditEntry,
     NewRequest,
@@ -34,7 +31,7 @@ from gatekeeper.appservice.domain.registrations import (
     Registrations,
     Transition,
 )
-from gatekeeper.appservice.storage.database import create_database, transaction, upgrade
+from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE
 from gatekeeper.appservice.timeutil import now_ms
 
@@ -84,47 +81,9 @@ HOLDING = {
 # --- fixtures and helpers -----------------------------------------------------------------
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-async def shared_db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Database]:
-    """One migrated database per backend for the tests that touch only their own requests
-    (by ID): a fresh PostgreSQL database costs half a second, and the matrix has 90 cells.
-    Tests that read across all requests (expiry, the provisioning queue, notices) use the
-    fresh `database` of conftest instead."""
-    if request.param == "sqlite":
-        url = f"sqlite:{tmp_path_factory.mktemp('registrations') / 'gatekeeper.db'}"
-        admin = None
-    else:
-        server_url = str(request.getfixturevalue("postgres_url"))
-        name = f"gatekeeper_test_{secrets.token_hex(6)}"
-        admin = await asyncpg.connect(server_url)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = server_url.rsplit("/", 1)[0] + "/" + name
-    db = create_database(DatabaseConfig(url=url))
-    await db.start()
-    await upgrade(db)
-    try:
-        yield db
-    finally:
-        await db.stop()
-        if admin is not None:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
-
-
 @pytest.fixture
-async def registrations(shared_db: Database) -> Registrations:
-    return Registrations(shared_db)
-
-
-@pytest.fixture
-async def fresh(database: Database) -> Registrations:
-    """Registrations on an empty, migrated database of its own."""
-    await upgrade(database)
-    return Registrations(database)
+async def registrations(db: Database) -> Registrations:
+    return Registrations(db)
 
 
 def new_request(tag: str = "", invite_id: str | None = None) -> NewRequest:
@@ -155,8 +114,8 @@ async def take(
         results = await registrations.expire_older_than(now_ms() + 1)
         [result] = [r for r in results if r.request and r.request.id == request_id]
     elif transition is Transition.START_PROVISIONING:
-        # claim_for_provisioning() takes whichever request is due: in the shared database,
-        # another test's. A claim is this transition plus the attempt count.
+        # claim_for_provisioning() takes whichever request is due, perhaps not this one.
+        # A claim is this transition plus the attempt count.
         result = await registrations.apply(request_id, transition, "setup")
     elif transition is Transition.FINISH_PROVISIONING:
         result = await registrations.finish_provisioning(request_id, "@new:example.org")
@@ -348,9 +307,9 @@ async def test_create_confirmed(registrations: Registrations) -> None:
 
 
 async def test_create_invited_and_confirmed_is_approved_by_the_invite(
-    registrations: Registrations, shared_db: Database
+    registrations: Registrations, db: Database
 ) -> None:
-    invite_id, request = await invited_request(registrations, shared_db, confirmed=True)
+    invite_id, request = await invited_request(registrations, db, confirmed=True)
     assert request.state is State.APPROVED
     assert request.decided_by == f"invite {invite_id}"
     assert request.decided_at is not None
@@ -365,9 +324,9 @@ async def test_create_invited_and_confirmed_is_approved_by_the_invite(
 
 
 async def test_create_invited_waits_for_the_email_first(
-    registrations: Registrations, shared_db: Database
+    registrations: Registrations, db: Database
 ) -> None:
-    invite_id, request = await invited_request(registrations, shared_db, confirmed=False)
+    invite_id, request = await invited_request(registrations, db, confirmed=False)
     assert (request.state, request.decided_by, request.invite_id) == (
         State.UNVERIFIED,
         None,
@@ -397,9 +356,9 @@ async def test_confirm_email_once(registrations: Registrations) -> None:
 
 
 async def test_confirm_email_of_an_invited_request_approves_it(
-    registrations: Registrations, shared_db: Database
+    registrations: Registrations, db: Database
 ) -> None:
-    invite_id, request = await invited_request(registrations, shared_db, confirmed=False)
+    invite_id, request = await invited_request(registrations, db, confirmed=False)
     result = await registrations.confirm_email(await issue(registrations, request.id))
     assert result.outcome is Outcome.CHANGED
     now = await stored(registrations, request.id)
@@ -575,38 +534,40 @@ async def test_set_password_reaches_the_account_only_before_it_is_made(
     assert now.state is state
 
 
-async def test_notices_behind_follow_the_state(fresh: Registrations) -> None:
-    unverified = await request_in(fresh, State.UNVERIFIED)
-    request = await request_in(fresh, State.PENDING)
+async def test_notices_behind_follow_the_state(registrations: Registrations) -> None:
+    unverified = await request_in(registrations, State.UNVERIFIED)
+    request = await request_in(registrations, State.PENDING)
 
     async def behind() -> list[str]:
-        return [r.id for r in await fresh.notices_behind()]
+        return [r.id for r in await registrations.notices_behind()]
 
     assert await behind() == [request.id]  # an unverified request is not shown to admins
-    await fresh.record_notice(request.id, "$notice", State.PENDING)
+    await registrations.record_notice(request.id, "$notice", State.PENDING)
     assert await behind() == []
-    assert (await fresh.by_notice("$notice")) == await fresh.get(request.id)
+    assert (await registrations.by_notice("$notice")) == await registrations.get(request.id)
 
-    await fresh.approve(request.id, "@alice:example.org")
+    await registrations.approve(request.id, "@alice:example.org")
     assert await behind() == [request.id]
-    await fresh.record_notice(request.id, "$notice", State.APPROVED)
+    await registrations.record_notice(request.id, "$notice", State.APPROVED)
     assert await behind() == []
 
     # Queued and running account creations look alike in a notice.
-    await fresh.claim_for_provisioning()
+    await registrations.claim_for_provisioning()
     assert await behind() == []
-    await fresh.finish_provisioning(request.id, "@x:example.org")
+    await registrations.finish_provisioning(request.id, "@x:example.org")
     assert await behind() == [request.id]
-    await fresh.record_notice(request.id, "$notice", State.ACTIVE)
+    await registrations.record_notice(request.id, "$notice", State.ACTIVE)
     assert await behind() == []
     assert unverified.id not in await behind()
 
 
 async def test_an_invited_approved_request_needs_a_notice(
-    fresh: Registrations, database: Database
+    registrations: Registrations, db: Database
 ) -> None:
-    request = await fresh.create(new_request(invite_id=await new_invite(database)), confirmed=True)
-    assert [r.id for r in await fresh.notices_behind()] == [request.id]
+    request = await registrations.create(
+        new_request(invite_id=await new_invite(db)), confirmed=True
+    )
+    assert [r.id for r in await registrations.notices_behind()] == [request.id]
 
 
 # --- names and emails held by requests --------------------------------------------------
@@ -671,10 +632,10 @@ async def test_two_sign_ups_for_one_email_at_once(registrations: Registrations) 
 # --- on_change: who hears of committed changes ----------------------------------------
 
 
-async def test_on_change_hears_only_committed_changes(shared_db: Database) -> None:
+async def test_on_change_hears_only_committed_changes(db: Database) -> None:
     heard: list[tuple[str, State]] = []
     registrations = Registrations(
-        shared_db, on_change=lambda request: heard.append((request.id, request.state))
+        db, on_change=lambda request: heard.append((request.id, request.state))
     )
 
     request = await registrations.create(new_request(), confirmed=True)
@@ -756,77 +717,80 @@ async def test_the_same_transition_twice_at_once_happens_once(
 # --- across all requests: expiry and the provisioning queue -----------------------------
 
 
-async def test_expire_older_than_ends_only_old_open_requests(fresh: Registrations) -> None:
-    old = [await request_in(fresh, State.UNVERIFIED), await request_in(fresh, State.PENDING)]
-    old_approved = await request_in(fresh, State.APPROVED)
+async def test_expire_older_than_ends_only_old_open_requests(registrations: Registrations) -> None:
+    old = [
+        await request_in(registrations, State.UNVERIFIED),
+        await request_in(registrations, State.PENDING),
+    ]
+    old_approved = await request_in(registrations, State.APPROVED)
     await asyncio.sleep(0.01)
     cutoff = now_ms()
     await asyncio.sleep(0.01)
-    young = await request_in(fresh, State.PENDING)
+    young = await request_in(registrations, State.PENDING)
 
-    results = await fresh.expire_older_than(cutoff)
+    results = await registrations.expire_older_than(cutoff)
 
     assert sorted((r.outcome.value, r.request.id if r.request else "") for r in results) == sorted(
         ("changed", request.id) for request in old
     )
     for request in old:
-        expired = await stored(fresh, request.id)
+        expired = await stored(registrations, request.id)
         assert (expired.state, expired.password_encrypted) == (State.EXPIRED, None)
         assert (
             "gatekeeper",
             request.state.value,
             "expired",
             "not decided in time",
-        ) in await audit_rows(fresh, request.id)
-    assert (await stored(fresh, old_approved.id)).state is State.APPROVED
-    assert (await stored(fresh, young.id)).state is State.PENDING
-    assert await fresh.expire_older_than(cutoff) == []
+        ) in await audit_rows(registrations, request.id)
+    assert (await stored(registrations, old_approved.id)).state is State.APPROVED
+    assert (await stored(registrations, young.id)).state is State.PENDING
+    assert await registrations.expire_older_than(cutoff) == []
 
 
-async def test_claim_takes_due_requests_oldest_first(fresh: Registrations) -> None:
-    assert await fresh.claim_for_provisioning() is None
-    assert await fresh.next_provisioning_due() is None
-    first = await request_in(fresh, State.APPROVED)
+async def test_claim_takes_due_requests_oldest_first(registrations: Registrations) -> None:
+    assert await registrations.claim_for_provisioning() is None
+    assert await registrations.next_provisioning_due() is None
+    first = await request_in(registrations, State.APPROVED)
     await asyncio.sleep(0.01)
-    second = await request_in(fresh, State.APPROVED)
-    later = await request_in(fresh, State.PROVISIONING)
+    second = await request_in(registrations, State.APPROVED)
+    later = await request_in(registrations, State.PROVISIONING)
     retry_at = now_ms() + 3_600_000
-    await fresh.retry_provisioning(later.id, "down", retry_at)
-    assert await fresh.next_provisioning_due() == first.next_attempt_at
+    await registrations.retry_provisioning(later.id, "down", retry_at)
+    assert await registrations.next_provisioning_due() == first.next_attempt_at
 
-    claimed = await fresh.claim_for_provisioning()
+    claimed = await registrations.claim_for_provisioning()
     assert claimed is not None
     assert claimed.id == first.id
     assert (claimed.state, claimed.provision_attempts) == (State.PROVISIONING, 1)
-    assert claimed == await fresh.get(first.id)
-    claimed = await fresh.claim_for_provisioning()
+    assert claimed == await registrations.get(first.id)
+    claimed = await registrations.claim_for_provisioning()
     assert claimed is not None
     assert claimed.id == second.id
-    assert await fresh.claim_for_provisioning() is None  # `later` is not due yet
-    assert await fresh.next_provisioning_due() == retry_at
+    assert await registrations.claim_for_provisioning() is None  # `later` is not due yet
+    assert await registrations.next_provisioning_due() == retry_at
 
 
-async def test_two_claims_at_once_take_a_request_once(fresh: Registrations) -> None:
-    request = await request_in(fresh, State.APPROVED)
-    claims = await asyncio.gather(*(fresh.claim_for_provisioning() for _ in range(3)))
+async def test_two_claims_at_once_take_a_request_once(registrations: Registrations) -> None:
+    request = await request_in(registrations, State.APPROVED)
+    claims = await asyncio.gather(*(registrations.claim_for_provisioning() for _ in range(3)))
     taken = [c for c in claims if c is not None]
     assert [c.id for c in taken] == [request.id]
     assert taken[0].provision_attempts == 1
-    history = await fresh.history(request.id)
+    history = await registrations.history(request.id)
     assert [e.to_state for e in history].count("provisioning") == 1
 
 
-async def test_resume_interrupted_requeues_running_rounds(fresh: Registrations) -> None:
-    running = [await request_in(fresh, State.PROVISIONING) for _ in range(2)]
-    untouched = await request_in(fresh, State.APPROVED)
-    await fresh.retry_provisioning(
-        (await request_in(fresh, State.PROVISIONING)).id, "down", now_ms() + 3_600_000
+async def test_resume_interrupted_requeues_running_rounds(registrations: Registrations) -> None:
+    running = [await request_in(registrations, State.PROVISIONING) for _ in range(2)]
+    untouched = await request_in(registrations, State.APPROVED)
+    await registrations.retry_provisioning(
+        (await request_in(registrations, State.PROVISIONING)).id, "down", now_ms() + 3_600_000
     )
 
-    assert await fresh.resume_interrupted() == 2
+    assert await registrations.resume_interrupted() == 2
 
     for request in running:
-        resumed = await stored(fresh, request.id)
+        resumed = await stored(registrations, request.id)
         assert resumed.state is State.APPROVED
         assert resumed.next_attempt_at is not None
         assert resumed.next_attempt_at <= now_ms()
@@ -835,8 +799,8 @@ async def test_resume_interrupted_requeues_running_rounds(fresh: Registrations) 
             "provisioning",
             "approved",
             "interrupted; resumed",
-        ) in await audit_rows(fresh, request.id)
-    assert await stored(fresh, untouched.id) == untouched
-    assert await fresh.resume_interrupted() == 0
-    claimed = {(await fresh.claim_for_provisioning() or untouched).id for _ in range(3)}
+        ) in await audit_rows(registrations, request.id)
+    assert await stored(registrations, untouched.id) == untouched
+    assert await registrations.resume_interrupted() == 0
+    claimed = {(await registrations.claim_for_provisioning() or untouched).id for _ in range(3)}
     assert claimed == {r.id for r in running} | {untouched.id}
