@@ -27,8 +27,9 @@ from mautrix.types import (
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.gate import Gate
-from gatekeeper.appservice.domain.registrations import Outcome, Registrations
+from gatekeeper.appservice.domain.registrations import Outcome
 from gatekeeper.appservice.storage.bot_state import BotState
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.admin_room import AdminRoom
 from gatekeeper.bot.commands import (
     BoundCommand,
@@ -55,7 +56,7 @@ class AdminBot:
         config: Config,
         intent: IntentAPI,
         state: BotState,
-        registrations: Registrations,
+        store: RegistrationStore,
         decisions: Decisions,
         gate: Gate,
     ) -> None:
@@ -63,13 +64,13 @@ class AdminBot:
         self.intent = intent
         self.prefix = config.admin_room.command_prefix
         self.room = AdminRoom(config.admin_room, intent, state)
-        self.registrations = registrations
+        self.store = store
         self.decisions = decisions
         self.commands: dict[str, BoundCommand] = collect_commands(
             self,
-            RequestCommands(config, registrations, decisions),
+            RequestCommands(config, store, decisions),
             GateCommands(gate, self.prefix, config.web.public_base_url),
-            ReportCommands(registrations, gate),
+            ReportCommands(store, gate),
         )
 
     async def start(self) -> None:
@@ -145,7 +146,7 @@ class AdminBot:
         key = normalise_key(relation.key or "")
         if key not in APPROVE_KEYS + REJECT_KEYS or relation.event_id is None:
             return
-        request = await self.registrations.by_notice(relation.event_id)
+        request = await self.store.by_notice(relation.event_id)
         if request is None:
             return
         if not await self.room.is_admin(event.sender):

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from gatekeeper.appservice.domain.gate import Gate
-from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.timeutil import now_ms
 from gatekeeper.bot.commands import CommandContext, Reply, command
 from gatekeeper.bot.options import when
 
 
 class ReportCommands:
-    def __init__(self, registrations: Registrations, gate: Gate) -> None:
-        self.registrations = registrations
+    def __init__(self, store: RegistrationStore, gate: Gate) -> None:
+        self.store = store
         self.gate = gate
 
     @command("stats", help="requests and decisions this week and month")
     async def stats(self, ctx: CommandContext) -> Reply:
         lines = []
         for label, days in (("This week", 7), ("This month", 30)):
-            figures = await self.registrations.statistics(now_ms() - days * 86_400_000)
+            figures = await self.store.statistics(now_ms() - days * 86_400_000)
             states = ", ".join(f"{n} {s}" for s, n in sorted(figures.by_state.items())) or "none"
             median = (
                 f"{figures.median_decision_ms / 3_600_000:.1f} h"

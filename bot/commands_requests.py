@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
-from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
+from gatekeeper.appservice.domain.registrations import Outcome, Result
 from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS
 from gatekeeper.appservice.matrix_ids import user_id
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.commands import CommandContext, Reply, command
 from gatekeeper.bot.notices import age, describe, one_line, shown_email
 
@@ -22,10 +23,10 @@ DECISION_ANSWERS = {
 
 
 class RequestCommands:
-    def __init__(self, config: Config, registrations: Registrations, decisions: Decisions) -> None:
+    def __init__(self, config: Config, store: RegistrationStore, decisions: Decisions) -> None:
         self.config = config
         self.prefix = config.admin_room.command_prefix
-        self.registrations = registrations
+        self.store = store
         self.decisions = decisions
 
     def _decision_answer(self, result: Result, request_id: str, verb: str) -> Reply:
@@ -60,14 +61,12 @@ class RequestCommands:
     @command("pending", args="[page]", help="list the requests waiting for a decision")
     async def pending(self, ctx: CommandContext) -> Reply:
         page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
-        total = await self.registrations.count_in_state(State.PENDING)
+        total = await self.store.count_in_state(State.PENDING)
         if total == 0:
             return Reply("No requests are waiting for a decision.")
         pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
         page = min(max(page, 1), pages)
-        requests = await self.registrations.in_state(
-            State.PENDING, PAGE_SIZE, (page - 1) * PAGE_SIZE
-        )
+        requests = await self.store.in_state(State.PENDING, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         lines = [f"Pending requests, page {page} of {pages} ({total} in all):"]
         lines += [self._summary(r) for r in requests]
         if page < pages:
@@ -78,14 +77,14 @@ class RequestCommands:
     async def show(self, ctx: CommandContext) -> Reply:
         if len(ctx.args) != 1:
             return Reply(ctx.usage)
-        request = await self.registrations.get(ctx.args[0])
+        request = await self.store.get(ctx.args[0])
         if request is None:
             return Reply(f"There is no request {ctx.args[0]}. {self.prefix}search finds one.")
         # The whole reason (sign-ups keep at most MAX_REASON_CHARS), still on one line.
         notice = describe(request, self.config, self.prefix, reason_chars=MAX_REASON_CHARS)
         lines = [notice.text, f"State: {request.state}"]
         lines.append("History:")
-        for entry in await self.registrations.history(request.id):
+        for entry in await self.store.history(request.id):
             when = datetime.fromtimestamp(entry.at / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
             change = f"{entry.from_state or 'new'} → {entry.to_state}"
             why = f" ({one_line(entry.reason)})" if entry.reason else ""
@@ -96,7 +95,7 @@ class RequestCommands:
     async def search(self, ctx: CommandContext) -> Reply:
         if not ctx.raw_args:
             return Reply(ctx.usage)
-        found = await self.registrations.search(ctx.raw_args)
+        found = await self.store.search(ctx.raw_args)
         if not found:
             return Reply(f"No request matches “{ctx.raw_args}”.")
         return Reply(

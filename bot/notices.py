@@ -17,7 +17,7 @@ from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
 
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
-from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.admin_room import AdminRoom
 from gatekeeper.bot.commands import Reply
 
@@ -142,11 +142,11 @@ def content_of(reply: Reply) -> TextMessageEventContent:
 
 class NoticeBoard:
     def __init__(
-        self, config: Config, intent: IntentAPI, registrations: Registrations, room: AdminRoom
+        self, config: Config, intent: IntentAPI, store: RegistrationStore, room: AdminRoom
     ) -> None:
         self.config = config
         self.intent = intent
-        self.registrations = registrations
+        self.store = store
         self.room = room
 
     async def step(self) -> float | None:
@@ -159,7 +159,7 @@ class NoticeBoard:
             async with sending:
                 await self.show(request)
 
-        while behind := await self.registrations.notices_behind():
+        while behind := await self.store.notices_behind():
             # Every send ends before the step does, so a failed one is not posted twice.
             results = await asyncio.gather(
                 *(show_when_free(request) for request in behind), return_exceptions=True
@@ -197,4 +197,4 @@ class NoticeBoard:
                 )
                 alert.set_reply(event_id)
                 await self.intent.send_message(room_id, alert, txn_id=f"gk-alert-{request.id}")
-        await self.registrations.record_notice(request.id, event_id, request.state)
+        await self.store.record_notice(request.id, event_id, request.state)

@@ -207,7 +207,7 @@ async def wait_for_state(gatekeeper: Gatekeeper, request_id: str, state: str) ->
 
 
 async def request_id_of(gatekeeper: Gatekeeper, applicant: Applicant) -> str:
-    found = await gatekeeper.registrations.search(applicant.localpart)
+    found = await gatekeeper.store.search(applicant.localpart)
     assert len(found) == 1
     return found[0].id
 

@@ -293,7 +293,7 @@ async def test_reset_refuses_weak_passwords_and_ends_every_session(
 ) -> None:
     xan = await active_account(gatekeeper, "xan")
     remembered = await logged_in(gatekeeper, xan)
-    request = (await gatekeeper.registrations.search(xan.localpart))[0]
+    request = (await gatekeeper.store.search(xan.localpart))[0]
     await Sessions(gatekeeper.db, gatekeeper.config.web).remember_device(request.id)
     token = await reset_token(gatekeeper, smtp, xan)
     # Only a hash of the link's token is stored.

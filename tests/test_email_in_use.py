@@ -36,7 +36,7 @@ def same_email(owner: Applicant, prefix: str) -> Applicant:
 
 
 async def stored(gatekeeper: Gatekeeper, applicant: Applicant) -> int:
-    return len(await gatekeeper.registrations.search(applicant.localpart))
+    return len(await gatekeeper.store.search(applicant.localpart))
 
 
 async def test_an_accounts_email_cannot_make_a_second_account(

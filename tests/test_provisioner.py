@@ -22,6 +22,7 @@ from gatekeeper.appservice.homeserver.synapse_admin import (
     SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from tests.example_config import example_config
 
 PASSWORD = "correct horse battery staple"
@@ -78,6 +79,7 @@ class Clock:
 @dataclass
 class Setup:
     registrations: Registrations
+    store: RegistrationStore
     synapse: FakeSynapse
     mail: FakeMail
     box: SecretBox
@@ -102,7 +104,7 @@ class Setup:
         return result.request
 
     async def get(self, request_id: str) -> RegistrationRequest:
-        request = await self.registrations.get(request_id)
+        request = await self.store.get(request_id)
         assert request is not None
         return request
 
@@ -111,7 +113,8 @@ class Setup:
 async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
     clock = Clock()
     monkeypatch.setattr(timeutil, "time", clock)
-    registrations = Registrations(db)
+    store = RegistrationStore(db)
+    registrations = Registrations(store)
     synapse, mail = FakeSynapse(), FakeMail()
     config = example_config(
         registration={
@@ -132,13 +135,14 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
         return Provisioner(
             config.model_copy(update={"homeserver": homeserver}),
             registrations,
+            store,
             cast(SynapseAdmin, synapse),
             box,
             cast(ApplicantMail, mail),
             invite,
         )
 
-    return Setup(registrations, synapse, mail, box, clock, make, invited)
+    return Setup(registrations, store, synapse, mail, box, clock, make, invited)
 
 
 async def step_at(setup: Setup, provisioner: Provisioner, at_ms: int) -> float | None:
@@ -234,7 +238,7 @@ async def test_a_password_that_cannot_be_decrypted_fails_without_asking_synapse(
 ) -> None:
     request = await setup.approved()
     other_key = SecretBox(example_config().security)
-    await setup.registrations.set_password(request.id, "argon2-hash", other_key.encrypt("x" * 9))
+    await setup.store.set_password(request.id, "argon2-hash", other_key.encrypt("x" * 9))
 
     await setup.make().step()
 
@@ -256,7 +260,7 @@ async def test_an_interrupted_round_is_resumed(setup: Setup) -> None:
 
     done = await setup.get(request.id)
     assert (done.state, done.provision_attempts) == (State.ACTIVE, 2)
-    history = [(e.from_state, e.to_state) for e in await setup.registrations.history(done.id)]
+    history = [(e.from_state, e.to_state) for e in await setup.store.history(done.id)]
     assert ("provisioning", "approved") in history
 
 

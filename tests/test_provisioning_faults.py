@@ -83,7 +83,7 @@ async def test_synapse_down_during_approval(
     await wait_for_state(gatekeeper, request_id, "active")
     assert await can_log_in(synapse.url, ivy)
     await alice.wait_for(is_edit_of(notice["event_id"], "created"), timeout=60)
-    history = [e.to_state for e in await gatekeeper.registrations.history(request_id)]
+    history = [e.to_state for e in await gatekeeper.store.history(request_id)]
     assert history.count("active") == 1
     await smtp.wait_for(ivy.email, "ready")
     assert len(smtp.to(ivy.email)) == 1
@@ -108,7 +108,7 @@ async def test_a_round_that_died_mid_way_is_resumed_without_a_restart(
 
     await wait_for_state(gatekeeper, request_id, "active")
     assert await can_log_in(synapse.url, uma)
-    reasons = [e.reason for e in await gatekeeper.registrations.history(request_id)]
+    reasons = [e.reason for e in await gatekeeper.store.history(request_id)]
     assert reasons.count("interrupted; resumed") == 1
 
 

@@ -142,7 +142,7 @@ async def test_non_admin_changes_nothing(
     # The bot handles events in order: once this answer is in, the reaction was seen too.
     await alice.reply_to(room_id, "!help", BOT)
 
-    assert (await gatekeeper.registrations.get(request_id)).state == "pending"
+    assert (await gatekeeper.store.get(request_id)).state == "pending"
 
 
 async def test_double_approval_makes_one_account_and_no_repeated_edit(
@@ -162,7 +162,7 @@ async def test_double_approval_makes_one_account_and_no_repeated_edit(
     await alice.wait_for(is_edit_of(notice["event_id"], "created"))
     await alice.reply_to(room_id, "!help", BOT)  # everything before it has been seen
 
-    history = await gatekeeper.registrations.history(request_id)
+    history = await gatekeeper.store.history(request_id)
     assert [e.to_state for e in history].count("approved") == 1
     assert [e.to_state for e in history].count("active") == 1
     edits = [

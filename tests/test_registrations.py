@@ -32,7 +32,8 @@ from gatekeeper.appservice.domain.registrations import (
     Transition,
 )
 from gatekeeper.appservice.storage.database import transaction
-from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE
+from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, STATUS_PURPOSE, MailTokens
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.timeutil import now_ms
 
 U, P, A = State.UNVERIFIED, State.PENDING, State.APPROVED
@@ -82,8 +83,18 @@ HOLDING = {
 
 
 @pytest.fixture
-async def registrations(db: Database) -> Registrations:
-    return Registrations(db)
+async def store(db: Database) -> RegistrationStore:
+    return RegistrationStore(db)
+
+
+@pytest.fixture
+async def tokens(db: Database) -> MailTokens:
+    return MailTokens(db)
+
+
+@pytest.fixture
+async def registrations(store: RegistrationStore) -> Registrations:
+    return Registrations(store)
 
 
 def new_request(tag: str = "", invite_id: str | None = None) -> NewRequest:
@@ -138,8 +149,8 @@ async def request_in(registrations: Registrations, state: State) -> Registration
     return request
 
 
-async def stored(registrations: Registrations, request_id: str) -> RegistrationRequest:
-    request = await registrations.get(request_id)
+async def stored(store: RegistrationStore, request_id: str) -> RegistrationRequest:
+    request = await store.get(request_id)
     assert request is not None
     return request
 
@@ -167,14 +178,11 @@ async def invited_request(
 
 
 async def audit_rows(
-    registrations: Registrations, request_id: str
+    store: RegistrationStore, request_id: str
 ) -> list[tuple[str, str | None, str, str | None]]:
     """The request's audit rows as (actor, from, to, reason). Rows written in the same
     millisecond may come in any order, so tests look rows up rather than take the last."""
-    return [
-        (e.actor, e.from_state, e.to_state, e.reason)
-        for e in await registrations.history(request_id)
-    ]
+    return [(e.actor, e.from_state, e.to_state, e.reason) for e in await store.history(request_id)]
 
 
 def new_audit_rows(
@@ -185,13 +193,13 @@ def new_audit_rows(
 
 
 async def issue(
-    registrations: Registrations,
+    tokens: MailTokens,
     request_id: str,
     purpose: str = CONFIRM_PURPOSE,
     valid_ms: int = 60_000,
 ) -> str:
-    async with transaction(registrations.db) as conn:
-        return await registrations.issue_token(conn, request_id, purpose, valid_ms)
+    async with transaction(tokens.db) as conn:
+        return await tokens.issue_token(conn, request_id, purpose, valid_ms)
 
 
 # --- every transition from every state --------------------------------------------------
@@ -205,16 +213,16 @@ def test_the_table_covers_every_transition_and_state() -> None:
 @pytest.mark.parametrize("source", list(State), ids=lambda s: s.value)
 @pytest.mark.parametrize("transition", list(Transition), ids=lambda t: t.name.lower())
 async def test_transition_from_every_state(
-    registrations: Registrations, transition: Transition, source: State
+    registrations: Registrations, store: RegistrationStore, transition: Transition, source: State
 ) -> None:
     request = await request_in(registrations, source)
-    before = await registrations.history(request.id)
+    before = await store.history(request.id)
     sources, target = ALLOWED[transition]
 
     result = await registrations.apply(request.id, transition, "tester", "a reason")
 
-    now = await stored(registrations, request.id)
-    history = await registrations.history(request.id)
+    now = await stored(store, request.id)
+    history = await store.history(request.id)
     if source in sources:
         assert result.outcome is Outcome.CHANGED
         assert result.changed
@@ -234,11 +242,11 @@ async def test_transition_from_every_state(
 
 @pytest.mark.parametrize("transition", list(Transition), ids=lambda t: t.name.lower())
 async def test_unknown_request_is_not_found(
-    registrations: Registrations, transition: Transition
+    registrations: Registrations, store: RegistrationStore, transition: Transition
 ) -> None:
     result = await registrations.apply("nosuchid", transition, "tester")
     assert (result.outcome, result.request) == (Outcome.NOT_FOUND, None)
-    assert await registrations.history("nosuchid") == []
+    assert await store.history("nosuchid") == []
 
 
 async def test_named_transitions_of_an_unknown_request_are_not_found(
@@ -256,12 +264,14 @@ async def test_named_transitions_of_an_unknown_request_are_not_found(
     assert [(r.outcome, r.request) for r in results] == [(Outcome.NOT_FOUND, None)] * len(results)
 
 
-async def test_request_ids_are_read_as_typed(registrations: Registrations) -> None:
+async def test_request_ids_are_read_as_typed(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     """IDs are read aloud and typed: spaces around and capitals do not matter."""
     request = await request_in(registrations, State.PENDING)
     result = await registrations.approve(f"  {request.id.upper()} ", "@alice:example.org")
     assert result.outcome is Outcome.CHANGED
-    assert (await stored(registrations, request.id)).state is State.APPROVED
+    assert (await stored(store, request.id)).state is State.APPROVED
 
 
 # --- creating --------------------------------------------------------------------------
@@ -280,10 +290,10 @@ def test_initial_state(confirmed: bool, invited: bool, state: State) -> None:
     assert initial_state(confirmed, invited) is state
 
 
-async def test_create_unverified(registrations: Registrations) -> None:
+async def test_create_unverified(registrations: Registrations, store: RegistrationStore) -> None:
     new = new_request()
     request = await registrations.create(new, confirmed=False)
-    assert request == await registrations.get(request.id)
+    assert request == await store.get(request.id)
     assert (request.state, request.email_verified) == (State.UNVERIFIED, False)
     assert (request.localpart, request.email, request.reason) == (
         new.localpart,
@@ -291,23 +301,23 @@ async def test_create_unverified(registrations: Registrations) -> None:
         "testing",
     )
     assert (request.decided_by, request.decided_at, request.provision_attempts) == (None, None, 0)
-    [entry] = await registrations.history(request.id)
+    [entry] = await store.history(request.id)
     assert (entry.actor, entry.from_state, entry.to_state) == ("applicant", None, "unverified")
 
 
-async def test_create_confirmed(registrations: Registrations) -> None:
+async def test_create_confirmed(registrations: Registrations, store: RegistrationStore) -> None:
     request = await registrations.create(new_request(), confirmed=True)
     assert (request.state, request.email_verified, request.decided_by) == (
         State.PENDING,
         True,
         None,
     )
-    [entry] = await registrations.history(request.id)
+    [entry] = await store.history(request.id)
     assert (entry.actor, entry.from_state, entry.to_state) == ("applicant", None, "pending")
 
 
 async def test_create_invited_and_confirmed_is_approved_by_the_invite(
-    registrations: Registrations, db: Database
+    registrations: Registrations, store: RegistrationStore, db: Database
 ) -> None:
     invite_id, request = await invited_request(registrations, db, confirmed=True)
     assert request.state is State.APPROVED
@@ -315,7 +325,7 @@ async def test_create_invited_and_confirmed_is_approved_by_the_invite(
     assert request.decided_at is not None
     assert request.next_attempt_at is not None
     assert request.next_attempt_at <= now_ms()
-    [entry] = await registrations.history(request.id)
+    [entry] = await store.history(request.id)
     assert (entry.actor, entry.from_state, entry.to_state) == (
         f"invite {invite_id}",
         None,
@@ -337,31 +347,33 @@ async def test_create_invited_waits_for_the_email_first(
 # --- confirming the email --------------------------------------------------------------
 
 
-async def test_confirm_email_once(registrations: Registrations) -> None:
+async def test_confirm_email_once(
+    registrations: Registrations, store: RegistrationStore, tokens: MailTokens
+) -> None:
     request = await request_in(registrations, State.UNVERIFIED)
-    token = await issue(registrations, request.id)
+    token = await issue(tokens, request.id)
 
     first = await registrations.confirm_email(token)
     assert first.outcome is Outcome.CHANGED
-    now = await stored(registrations, request.id)
+    now = await stored(store, request.id)
     assert first.request == now
     assert (now.state, now.email_verified) == (State.PENDING, True)
 
     again = await registrations.confirm_email(token)
     assert (again.outcome, again.request) == (Outcome.ALREADY, now)
-    assert [e.to_state for e in await registrations.history(request.id)] == [
+    assert [e.to_state for e in await store.history(request.id)] == [
         "unverified",
         "pending",
     ]
 
 
 async def test_confirm_email_of_an_invited_request_approves_it(
-    registrations: Registrations, db: Database
+    registrations: Registrations, store: RegistrationStore, tokens: MailTokens, db: Database
 ) -> None:
     invite_id, request = await invited_request(registrations, db, confirmed=False)
-    result = await registrations.confirm_email(await issue(registrations, request.id))
+    result = await registrations.confirm_email(await issue(tokens, request.id))
     assert result.outcome is Outcome.CHANGED
-    now = await stored(registrations, request.id)
+    now = await stored(store, request.id)
     assert (now.state, now.email_verified, now.decided_by) == (
         State.APPROVED,
         True,
@@ -373,37 +385,43 @@ async def test_confirm_email_of_an_invited_request_approves_it(
 
 async def test_confirm_email_with_a_bad_token_changes_nothing(
     registrations: Registrations,
+    store: RegistrationStore,
+    tokens: MailTokens,
 ) -> None:
     request = await request_in(registrations, State.UNVERIFIED)
-    expired = await issue(registrations, request.id, valid_ms=-1)
-    other_purpose = await issue(registrations, request.id, purpose=STATUS_PURPOSE)
+    expired = await issue(tokens, request.id, valid_ms=-1)
+    other_purpose = await issue(tokens, request.id, purpose=STATUS_PURPOSE)
     for token in (expired, other_purpose, "made-up"):
         result = await registrations.confirm_email(token)
         assert (result.outcome, result.request) == (Outcome.NOT_FOUND, None)
-    assert (await stored(registrations, request.id)).state is State.UNVERIFIED
+    assert (await stored(store, request.id)).state is State.UNVERIFIED
 
 
 async def test_confirm_email_of_a_withdrawn_request_is_refused(
     registrations: Registrations,
+    store: RegistrationStore,
+    tokens: MailTokens,
 ) -> None:
     request = await request_in(registrations, State.UNVERIFIED)
-    token = await issue(registrations, request.id)
+    token = await issue(tokens, request.id)
     await registrations.withdraw(request.id)
     result = await registrations.confirm_email(token)
     assert result.outcome is Outcome.REFUSED
-    now = await stored(registrations, request.id)
+    now = await stored(store, request.id)
     assert (now.state, now.email_verified) == (State.WITHDRAWN, False)
 
 
 # --- what each named transition writes ------------------------------------------------
 
 
-async def test_approve_records_who_and_when_once(registrations: Registrations) -> None:
+async def test_approve_records_who_and_when_once(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     request = await request_in(registrations, State.PENDING)
     before = now_ms()
     result = await registrations.approve(request.id, "@alice:example.org")
     assert result.outcome is Outcome.CHANGED
-    approved = await stored(registrations, request.id)
+    approved = await stored(store, request.id)
     assert approved.state is State.APPROVED
     assert approved.decided_by == "@alice:example.org"
     assert approved.decided_at is not None
@@ -413,12 +431,13 @@ async def test_approve_records_who_and_when_once(registrations: Registrations) -
 
     again = await registrations.approve(request.id, "@bob:example.org")
     assert again.outcome is Outcome.ALREADY
-    assert await stored(registrations, request.id) == approved
-    assert len(await registrations.history(request.id)) == 2
+    assert await stored(store, request.id) == approved
+    assert len(await store.history(request.id)) == 2
 
 
 async def test_reject_keeps_the_reason_and_drops_the_password(
     registrations: Registrations,
+    store: RegistrationStore,
 ) -> None:
     request = await request_in(registrations, State.PENDING)
     told: list[tuple[State, str | None]] = []
@@ -428,7 +447,7 @@ async def test_reject_keeps_the_reason_and_drops_the_password(
 
     result = await registrations.reject(request.id, "@alice:example.org", "spam", after)
     assert result.outcome is Outcome.CHANGED
-    rejected = await stored(registrations, request.id)
+    rejected = await stored(store, request.id)
     assert (rejected.state, rejected.decided_by, rejected.decision_reason) == (
         State.REJECTED,
         "@alice:example.org",
@@ -439,33 +458,35 @@ async def test_reject_keeps_the_reason_and_drops_the_password(
     assert rejected.password_hash == "argon2-hash"
     assert told == [(State.REJECTED, "spam")]
     assert ("@alice:example.org", "pending", "rejected", "spam") in await audit_rows(
-        registrations, request.id
+        store, request.id
     )
 
     assert (await registrations.reject(request.id, "@bob:example.org", "again", after)).outcome is (
         Outcome.ALREADY
     )
     assert told == [(State.REJECTED, "spam")]
-    assert (await stored(registrations, request.id)).decision_reason == "spam"
+    assert (await stored(store, request.id)).decision_reason == "spam"
 
 
 @pytest.mark.parametrize("source", [State.UNVERIFIED, State.PENDING], ids=lambda s: s.value)
-async def test_withdraw_drops_the_password(registrations: Registrations, source: State) -> None:
+async def test_withdraw_drops_the_password(
+    registrations: Registrations, store: RegistrationStore, source: State
+) -> None:
     request = await request_in(registrations, source)
     result = await registrations.withdraw(request.id)
     assert result.outcome is Outcome.CHANGED
-    withdrawn = await stored(registrations, request.id)
+    withdrawn = await stored(store, request.id)
     assert (withdrawn.state, withdrawn.password_encrypted) == (State.WITHDRAWN, None)
-    assert ("applicant", source.value, "withdrawn", None) in await audit_rows(
-        registrations, request.id
-    )
+    assert ("applicant", source.value, "withdrawn", None) in await audit_rows(store, request.id)
 
 
-async def test_provisioning_outcomes_are_written(registrations: Registrations) -> None:
+async def test_provisioning_outcomes_are_written(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     retried = await request_in(registrations, State.PROVISIONING)
     at = now_ms() + 60_000
     assert (await registrations.retry_provisioning(retried.id, "down", at)).changed
-    retried = await stored(registrations, retried.id)
+    retried = await stored(store, retried.id)
     assert (retried.state, retried.last_error, retried.next_attempt_at) == (
         State.APPROVED,
         "down",
@@ -475,15 +496,13 @@ async def test_provisioning_outcomes_are_written(registrations: Registrations) -
 
     failed = await request_in(registrations, State.PROVISIONING)
     assert (await registrations.fail_provisioning(failed.id, "refused")).changed
-    failed = await stored(registrations, failed.id)
+    failed = await stored(store, failed.id)
     assert (failed.state, failed.last_error, failed.password_encrypted) == (
         State.FAILED,
         "refused",
         None,
     )
-    assert ("gatekeeper", "provisioning", "failed", "refused") in await audit_rows(
-        registrations, failed.id
-    )
+    assert ("gatekeeper", "provisioning", "failed", "refused") in await audit_rows(store, failed.id)
 
     finished = await request_in(registrations, State.PROVISIONING)
     await registrations.retry_provisioning(finished.id, "down", now_ms())
@@ -495,7 +514,7 @@ async def test_provisioning_outcomes_are_written(registrations: Registrations) -
 
     user_id = f"@{finished.localpart}:example.org"
     assert (await registrations.finish_provisioning(finished.id, user_id, after)).changed
-    finished = await stored(registrations, finished.id)
+    finished = await stored(store, finished.id)
     assert (finished.state, finished.matrix_user_id, finished.last_error) == (
         State.ACTIVE,
         user_id,
@@ -524,31 +543,33 @@ async def test_provisioning_outcomes_are_written(registrations: Registrations) -
     ids=lambda value: value.value if isinstance(value, State) else str(value),
 )
 async def test_set_password_reaches_the_account_only_before_it_is_made(
-    registrations: Registrations, state: State, to_come: bool
+    registrations: Registrations, store: RegistrationStore, state: State, to_come: bool
 ) -> None:
     request = await request_in(registrations, state)
-    assert await registrations.set_password(request.id, "new-hash", "new-ciphertext") is to_come
-    now = await stored(registrations, request.id)
+    assert await store.set_password(request.id, "new-hash", "new-ciphertext") is to_come
+    now = await stored(store, request.id)
     assert now.password_hash == "new-hash"
     assert now.password_encrypted == ("new-ciphertext" if to_come else request.password_encrypted)
     assert now.state is state
 
 
-async def test_notices_behind_follow_the_state(registrations: Registrations) -> None:
+async def test_notices_behind_follow_the_state(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     unverified = await request_in(registrations, State.UNVERIFIED)
     request = await request_in(registrations, State.PENDING)
 
     async def behind() -> list[str]:
-        return [r.id for r in await registrations.notices_behind()]
+        return [r.id for r in await store.notices_behind()]
 
     assert await behind() == [request.id]  # an unverified request is not shown to admins
-    await registrations.record_notice(request.id, "$notice", State.PENDING)
+    await store.record_notice(request.id, "$notice", State.PENDING)
     assert await behind() == []
-    assert (await registrations.by_notice("$notice")) == await registrations.get(request.id)
+    assert (await store.by_notice("$notice")) == await store.get(request.id)
 
     await registrations.approve(request.id, "@alice:example.org")
     assert await behind() == [request.id]
-    await registrations.record_notice(request.id, "$notice", State.APPROVED)
+    await store.record_notice(request.id, "$notice", State.APPROVED)
     assert await behind() == []
 
     # Queued and running account creations look alike in a notice.
@@ -556,18 +577,18 @@ async def test_notices_behind_follow_the_state(registrations: Registrations) -> 
     assert await behind() == []
     await registrations.finish_provisioning(request.id, "@x:example.org")
     assert await behind() == [request.id]
-    await registrations.record_notice(request.id, "$notice", State.ACTIVE)
+    await store.record_notice(request.id, "$notice", State.ACTIVE)
     assert await behind() == []
     assert unverified.id not in await behind()
 
 
 async def test_an_invited_approved_request_needs_a_notice(
-    registrations: Registrations, db: Database
+    registrations: Registrations, store: RegistrationStore, db: Database
 ) -> None:
     request = await registrations.create(
         new_request(invite_id=await new_invite(db)), confirmed=True
     )
-    assert [r.id for r in await registrations.notices_behind()] == [request.id]
+    assert [r.id for r in await store.notices_behind()] == [request.id]
 
 
 # --- names and emails held by requests --------------------------------------------------
@@ -575,11 +596,11 @@ async def test_an_invited_approved_request_needs_a_notice(
 
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
 async def test_name_is_held_while_the_request_lives(
-    registrations: Registrations, state: State
+    registrations: Registrations, store: RegistrationStore, state: State
 ) -> None:
     request = await request_in(registrations, state)
     same_name = replace(new_request(), localpart=request.localpart)
-    assert await registrations.name_requested(request.localpart) is (state in HOLDING)
+    assert await store.name_requested(request.localpart) is (state in HOLDING)
     if state in HOLDING:
         with pytest.raises(NameAlreadyRequested):
             await registrations.create(same_name, confirmed=True)
@@ -589,11 +610,11 @@ async def test_name_is_held_while_the_request_lives(
 
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
 async def test_email_is_held_while_the_request_lives(
-    registrations: Registrations, state: State
+    registrations: Registrations, store: RegistrationStore, state: State
 ) -> None:
     request = await request_in(registrations, state)
     same_email = replace(new_request(), email=request.email.upper())
-    holder = await registrations.holder_of_email(f" {request.email.upper()} ")
+    holder = await store.holder_of_email(f" {request.email.upper()} ")
     assert (holder.id if holder else None) == (request.id if state in HOLDING else None)
     if state in HOLDING:
         with pytest.raises(EmailInUse) as raised:
@@ -632,10 +653,10 @@ async def test_two_sign_ups_for_one_email_at_once(registrations: Registrations) 
 # --- on_change: who hears of committed changes ----------------------------------------
 
 
-async def test_on_change_hears_only_committed_changes(db: Database) -> None:
+async def test_on_change_hears_only_committed_changes(store: RegistrationStore) -> None:
     heard: list[tuple[str, State]] = []
     registrations = Registrations(
-        db, on_change=lambda request: heard.append((request.id, request.state))
+        store, on_change=lambda request: heard.append((request.id, request.state))
     )
 
     request = await registrations.create(new_request(), confirmed=True)
@@ -650,26 +671,28 @@ async def test_on_change_hears_only_committed_changes(db: Database) -> None:
     assert heard == []
 
 
-async def test_a_failing_consequence_undoes_the_transition(registrations: Registrations) -> None:
+async def test_a_failing_consequence_undoes_the_transition(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     request = await request_in(registrations, State.PENDING)
     heard: list[RegistrationRequest] = []
-    registrations = Registrations(registrations.db, on_change=heard.append)
-    history = await registrations.history(request.id)
+    registrations = Registrations(store, on_change=heard.append)
+    history = await store.history(request.id)
 
     async def mail_fails(conn: LoggingConnection, rejected: RegistrationRequest) -> None:
         raise OSError("the outbox is gone")
 
     with pytest.raises(OSError, match="outbox"):
         await registrations.reject(request.id, "@alice:example.org", "spam", mail_fails)
-    assert await stored(registrations, request.id) == request
-    assert await registrations.history(request.id) == history
+    assert await stored(store, request.id) == request
+    assert await store.history(request.id) == history
     assert heard == []
 
     new = new_request()
     with pytest.raises(OSError, match="outbox"):
         await registrations.create(new, confirmed=False, after=mail_fails)
-    assert not await registrations.name_requested(new.localpart)
-    assert await registrations.holder_of_email(new.email) is None
+    assert not await store.name_requested(new.localpart)
+    assert await store.holder_of_email(new.email) is None
     assert heard == []
 
 
@@ -678,14 +701,12 @@ async def test_a_failing_consequence_undoes_the_transition(registrations: Regist
 
 @pytest.mark.parametrize("attempt", range(3))
 async def test_approve_and_reject_at_once_one_wins(
-    registrations: Registrations, attempt: int
+    registrations: Registrations, store: RegistrationStore, attempt: int
 ) -> None:
     heard: list[State] = []
     request = await request_in(registrations, State.PENDING)
-    registrations = Registrations(
-        registrations.db, on_change=lambda changed: heard.append(changed.state)
-    )
-    history = await registrations.history(request.id)
+    registrations = Registrations(store, on_change=lambda changed: heard.append(changed.state))
+    history = await store.history(request.id)
 
     approved, rejected = await asyncio.gather(
         registrations.approve(request.id, "@alice:example.org"),
@@ -694,30 +715,33 @@ async def test_approve_and_reject_at_once_one_wins(
 
     assert sorted(r.outcome.value for r in (approved, rejected)) == ["changed", "refused"]
     winner = approved if approved.changed else rejected
-    now = await stored(registrations, request.id)
+    now = await stored(store, request.id)
     assert winner.request == now
     assert now.state in (State.APPROVED, State.REJECTED)
     assert now.decided_by == ("@alice:example.org" if approved.changed else "@bob:example.org")
-    new_rows = [e for e in await registrations.history(request.id) if e not in history]
+    new_rows = [e for e in await store.history(request.id) if e not in history]
     assert [(e.from_state, e.to_state) for e in new_rows] == [("pending", now.state.value)]
     assert heard == [now.state]
 
 
 async def test_the_same_transition_twice_at_once_happens_once(
     registrations: Registrations,
+    store: RegistrationStore,
 ) -> None:
     request = await request_in(registrations, State.PENDING)
     results = await asyncio.gather(
         *(registrations.approve(request.id, f"@admin{i}:example.org") for i in range(3))
     )
     assert sorted(r.outcome.value for r in results) == ["already", "already", "changed"]
-    assert len(await registrations.history(request.id)) == 2
+    assert len(await store.history(request.id)) == 2
 
 
 # --- across all requests: expiry and the provisioning queue -----------------------------
 
 
-async def test_expire_older_than_ends_only_old_open_requests(registrations: Registrations) -> None:
+async def test_expire_older_than_ends_only_old_open_requests(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     old = [
         await request_in(registrations, State.UNVERIFIED),
         await request_in(registrations, State.PENDING),
@@ -734,53 +758,59 @@ async def test_expire_older_than_ends_only_old_open_requests(registrations: Regi
         ("changed", request.id) for request in old
     )
     for request in old:
-        expired = await stored(registrations, request.id)
+        expired = await stored(store, request.id)
         assert (expired.state, expired.password_encrypted) == (State.EXPIRED, None)
         assert (
             "gatekeeper",
             request.state.value,
             "expired",
             "not decided in time",
-        ) in await audit_rows(registrations, request.id)
-    assert (await stored(registrations, old_approved.id)).state is State.APPROVED
-    assert (await stored(registrations, young.id)).state is State.PENDING
+        ) in await audit_rows(store, request.id)
+    assert (await stored(store, old_approved.id)).state is State.APPROVED
+    assert (await stored(store, young.id)).state is State.PENDING
     assert await registrations.expire_older_than(cutoff) == []
 
 
-async def test_claim_takes_due_requests_oldest_first(registrations: Registrations) -> None:
+async def test_claim_takes_due_requests_oldest_first(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     assert await registrations.claim_for_provisioning() is None
-    assert await registrations.next_provisioning_due() is None
+    assert await store.next_provisioning_due() is None
     first = await request_in(registrations, State.APPROVED)
     await asyncio.sleep(0.01)
     second = await request_in(registrations, State.APPROVED)
     later = await request_in(registrations, State.PROVISIONING)
     retry_at = now_ms() + 3_600_000
     await registrations.retry_provisioning(later.id, "down", retry_at)
-    assert await registrations.next_provisioning_due() == first.next_attempt_at
+    assert await store.next_provisioning_due() == first.next_attempt_at
 
     claimed = await registrations.claim_for_provisioning()
     assert claimed is not None
     assert claimed.id == first.id
     assert (claimed.state, claimed.provision_attempts) == (State.PROVISIONING, 1)
-    assert claimed == await registrations.get(first.id)
+    assert claimed == await store.get(first.id)
     claimed = await registrations.claim_for_provisioning()
     assert claimed is not None
     assert claimed.id == second.id
     assert await registrations.claim_for_provisioning() is None  # `later` is not due yet
-    assert await registrations.next_provisioning_due() == retry_at
+    assert await store.next_provisioning_due() == retry_at
 
 
-async def test_two_claims_at_once_take_a_request_once(registrations: Registrations) -> None:
+async def test_two_claims_at_once_take_a_request_once(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     request = await request_in(registrations, State.APPROVED)
     claims = await asyncio.gather(*(registrations.claim_for_provisioning() for _ in range(3)))
     taken = [c for c in claims if c is not None]
     assert [c.id for c in taken] == [request.id]
     assert taken[0].provision_attempts == 1
-    history = await registrations.history(request.id)
+    history = await store.history(request.id)
     assert [e.to_state for e in history].count("provisioning") == 1
 
 
-async def test_resume_interrupted_requeues_running_rounds(registrations: Registrations) -> None:
+async def test_resume_interrupted_requeues_running_rounds(
+    registrations: Registrations, store: RegistrationStore
+) -> None:
     running = [await request_in(registrations, State.PROVISIONING) for _ in range(2)]
     untouched = await request_in(registrations, State.APPROVED)
     await registrations.retry_provisioning(
@@ -790,7 +820,7 @@ async def test_resume_interrupted_requeues_running_rounds(registrations: Registr
     assert await registrations.resume_interrupted() == 2
 
     for request in running:
-        resumed = await stored(registrations, request.id)
+        resumed = await stored(store, request.id)
         assert resumed.state is State.APPROVED
         assert resumed.next_attempt_at is not None
         assert resumed.next_attempt_at <= now_ms()
@@ -799,8 +829,8 @@ async def test_resume_interrupted_requeues_running_rounds(registrations: Registr
             "provisioning",
             "approved",
             "interrupted; resumed",
-        ) in await audit_rows(registrations, request.id)
-    assert await stored(registrations, untouched.id) == untouched
+        ) in await audit_rows(store, request.id)
+    assert await stored(store, untouched.id) == untouched
     assert await registrations.resume_interrupted() == 0
     claimed = {(await registrations.claim_for_provisioning() or untouched).id for _ in range(3)}
     assert claimed == {r.id for r in running} | {untouched.id}

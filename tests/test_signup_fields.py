@@ -48,6 +48,7 @@ def sign_ups(names: Names | None = None, **registration: Any) -> SignUps:
     unused = cast(Any, None)
     return SignUps(
         example_config(registration=registration),
+        unused,
         cast(Any, names),
         cast(Any, names),
         unused,

@@ -16,6 +16,7 @@ from gatekeeper.appservice.config import SecurityConfig
 from gatekeeper.appservice.domain.registration_request import NewRequest
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.storage.crypto import SecretBox
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.totp import TotpStore
 
 ISSUER = "Gatekeeper Test"
@@ -47,7 +48,7 @@ def code(secret: str, at: float) -> str:
 
 @pytest.fixture
 async def setup(db: Database) -> Setup:
-    request = await Registrations(db).create(
+    request = await Registrations(RegistrationStore(db)).create(
         NewRequest(
             localpart="alice",
             email="alice@example.org",

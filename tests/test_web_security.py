@@ -85,7 +85,7 @@ async def test_settings_need_a_verified_email(gatekeeper: Gatekeeper) -> None:
                 "password": applicant.password,
             },
         )
-        request = (await gatekeeper.registrations.search(applicant.localpart))[0]
+        request = (await gatekeeper.store.search(applicant.localpart))[0]
         await gatekeeper.db.execute(
             "UPDATE registration_request SET email_verified=$2 WHERE id=$1", request.id, False
         )

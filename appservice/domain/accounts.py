@@ -17,7 +17,6 @@ from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
 from gatekeeper.appservice.domain.errors import FieldErrors
 from gatekeeper.appservice.domain.passwords import PasswordHasher, password_problem
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
-from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.domain.signup import valid_email
 from gatekeeper.appservice.homeserver.synapse_admin import (
     HomeserverUnavailable,
@@ -25,7 +24,11 @@ from gatekeeper.appservice.homeserver.synapse_admin import (
     SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
-from gatekeeper.appservice.storage.mail_tokens import EMAIL_CHANGE_PURPOSE, RESET_PURPOSE
+from gatekeeper.appservice.storage.mail_tokens import (
+    EMAIL_CHANGE_PURPOSE,
+    RESET_PURPOSE,
+    MailTokens,
+)
 from gatekeeper.appservice.storage.ratelimit import (
     Limit,
     Lockout,
@@ -33,6 +36,7 @@ from gatekeeper.appservice.storage.ratelimit import (
     RateLimiter,
     address_key,
 )
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment, TotpStore
 from gatekeeper.appservice.timeutil import now_ms
@@ -72,7 +76,8 @@ class Accounts:
     def __init__(
         self,
         config: Config,
-        registrations: Registrations,
+        store: RegistrationStore,
+        tokens: MailTokens,
         sessions: Sessions,
         hasher: PasswordHasher,
         totp: TotpStore,
@@ -83,7 +88,8 @@ class Accounts:
         box: SecretBox,
     ) -> None:
         self.config = config
-        self.registrations = registrations
+        self.store = store
+        self.tokens = tokens
         self.sessions = sessions
         self.hasher = hasher
         self.totp = totp
@@ -105,7 +111,7 @@ class Accounts:
             await self.lockout.check(email)
         except RateLimited as limited:
             locked_until = now_ms() + limited.retry_after * 1000
-        request = await self.registrations.for_login(email)
+        request = await self.store.for_login(email)
         if request is None:
             await self.hasher.verify_dummy(password)
             right = False
@@ -117,7 +123,7 @@ class Accounts:
             await self.lockout.failure(email)
             return None, None
         if self.hasher.needs_rehash(request.password_hash):
-            await self.registrations.set_password_hash(request.id, await self.hasher.hash(password))
+            await self.store.set_password_hash(request.id, await self.hasher.hash(password))
         return request, None
 
     async def login(
@@ -159,7 +165,7 @@ class Accounts:
 
     async def request_password_reset(self, email: str, address: str) -> None:
         await self.limiter.hit(address_key("reset", address), RESET_PER_ADDRESS)
-        request = await self.registrations.for_login(email)
+        request = await self.store.for_login(email)
         if request is None:
             return
         # The mail is queued after the answer, so a known address answers as fast as an
@@ -184,8 +190,8 @@ class Accounts:
         problem = password_problem(new_password)
         if problem:
             raise FieldErrors({"newPassword": problem})
-        request_id = await self.registrations.redeem_token(token, RESET_PURPOSE)
-        request = await self.registrations.get(request_id) if request_id else None
+        request_id = await self.tokens.redeem_token(token, RESET_PURPOSE)
+        request = await self.store.get(request_id) if request_id else None
         if request is None or request.email.lower() != email.strip().lower():
             return None
         return await self._set_password(request, new_password, keep=None)
@@ -203,14 +209,14 @@ class Accounts:
     async def _set_password(
         self, request: RegistrationRequest, password: str, keep: Session | None
     ) -> MatrixOutcome:
-        account_to_come = await self.registrations.set_password(
+        account_to_come = await self.store.set_password(
             request.id, await self.hasher.hash(password), self.box.encrypt(password)
         )
-        await self.registrations.void_tokens(request.id, RESET_PURPOSE)
+        await self.tokens.void_tokens(request.id, RESET_PURPOSE)
         await self.sessions.end_all_others(request.id, keep)
         if account_to_come:
             return MatrixOutcome.NO_ACCOUNT
-        current = await self.registrations.get(request.id)
+        current = await self.store.get(request.id)
         assert current is not None
         return await self._on_matrix(
             current,
@@ -249,18 +255,18 @@ class Accounts:
             raise FieldErrors(
                 {"language": "must be one of " + ", ".join(self.config.registration.languages)}
             )
-        await self.registrations.set_language(request.id, language)
+        await self.store.set_language(request.id, language)
 
     async def change_email(self, request: RegistrationRequest, new_email: str) -> None:
         email = valid_email(new_email, "newEmail")
-        holder = await self.registrations.holder_of_email(email, other_than=request.id)
+        holder = await self.store.holder_of_email(email, other_than=request.id)
         if holder is not None:
             # An address belongs to one account: its owner hears of the try instead of
             # getting a link, and the answer is the usual one (nobody learns who owns it).
             await self.mail.email_in_use(holder, request.user_id(self.config.homeserver.domain))
             return
-        await self.registrations.set_pending_email(request.id, email)
-        await self.registrations.void_tokens(request.id, EMAIL_CHANGE_PURPOSE)
+        await self.store.set_pending_email(request.id, email)
+        await self.tokens.void_tokens(request.id, EMAIL_CHANGE_PURPOSE)
         await self.mail.email_change(request, email)
 
     async def confirm_email_change(
@@ -270,15 +276,15 @@ class Accounts:
         or matrix-unchanged (confirmed here, but the Matrix account kept the old email)."""
         if request.pending_email is None:
             return "no-change-in-progress", request.email
-        redeemed = await self.registrations.redeem_token(token, EMAIL_CHANGE_PURPOSE)
+        redeemed = await self.tokens.redeem_token(token, EMAIL_CHANGE_PURPOSE)
         if redeemed != request.id:
             return "invalid-token", request.email
-        old_email = await self.registrations.adopt_pending_email(request.id)
+        old_email = await self.store.adopt_pending_email(request.id)
         if old_email is None:
             # Someone else's request or account took the address meanwhile: change dropped.
             return "no-change-in-progress", request.email
-        await self.registrations.void_tokens(request.id, RESET_PURPOSE)
-        changed = await self.registrations.get(request.id)
+        await self.tokens.void_tokens(request.id, RESET_PURPOSE)
+        changed = await self.store.get(request.id)
         assert changed is not None
         await self.mail.email_changed(changed, old_email)
         outcome = await self._on_matrix(

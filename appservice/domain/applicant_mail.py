@@ -7,7 +7,6 @@ from mautrix.util.async_db.connection import LoggingConnection
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
-from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.runtime.mailer import Mailer
 from gatekeeper.appservice.storage.database import acquire, transaction
 from gatekeeper.appservice.storage.mail_tokens import (
@@ -15,6 +14,7 @@ from gatekeeper.appservice.storage.mail_tokens import (
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
     STATUS_PURPOSE,
+    MailTokens,
 )
 from gatekeeper.appservice.storage.ratelimit import RateLimiter
 
@@ -28,13 +28,13 @@ class ApplicantMail:
     def __init__(
         self,
         config: Config,
-        registrations: Registrations,
+        tokens: MailTokens,
         mailer: Mailer,
         catalogue: Catalogue,
         limiter: RateLimiter,
     ) -> None:
         self.config = config
-        self.registrations = registrations
+        self.tokens = tokens
         self.mailer = mailer
         self.catalogue = catalogue
         self.limiter = limiter
@@ -59,12 +59,8 @@ class ApplicantMail:
         )
 
     async def confirmation(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
-        confirm = await self.registrations.issue_token(
-            conn, request.id, CONFIRM_PURPOSE, CONFIRM_LINK_MS
-        )
-        status = await self.registrations.issue_token(
-            conn, request.id, STATUS_PURPOSE, STATUS_LINK_MS
-        )
+        confirm = await self.tokens.issue_token(conn, request.id, CONFIRM_PURPOSE, CONFIRM_LINK_MS)
+        status = await self.tokens.issue_token(conn, request.id, STATUS_PURPOSE, STATUS_LINK_MS)
         base = self.config.web.public_base_url
         await self._send(
             conn,
@@ -86,8 +82,8 @@ class ApplicantMail:
         valid_ms: int = CONFIRM_LINK_MS,
         **params: str,
     ) -> None:
-        async with transaction(self.registrations.db) as conn:
-            token = await self.registrations.issue_token(conn, request.id, purpose, valid_ms)
+        async with transaction(self.tokens.db) as conn:
+            token = await self.tokens.issue_token(conn, request.id, purpose, valid_ms)
             await self._send(
                 conn,
                 request,
@@ -141,7 +137,7 @@ class ApplicantMail:
         )
 
     async def email_changed(self, request: RegistrationRequest, old_email: str) -> None:
-        async with acquire(self.registrations.db) as conn:
+        async with acquire(self.tokens.db) as conn:
             await self._send(conn, request, "email_changed", old_email, new_email=request.email)
         self.mailer.wake()
 

@@ -16,6 +16,7 @@ from gatekeeper.appservice.homeserver.synapse_admin import (
     SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.provisioner")
@@ -29,6 +30,7 @@ class Provisioner:
         self,
         config: Config,
         registrations: Registrations,
+        store: RegistrationStore,
         synapse: SynapseAdmin,
         box: SecretBox,
         mail: ApplicantMail,
@@ -37,6 +39,7 @@ class Provisioner:
         self.config = config.registration
         self.has_admin_token = config.homeserver.admin_token is not None
         self.registrations = registrations
+        self.store = store
         self.synapse = synapse
         self.box = box
         self.mail = mail
@@ -51,7 +54,7 @@ class Provisioner:
             log.info("Resumed %d interrupted account creations", resumed)
         while (request := await self.registrations.claim_for_provisioning()) is not None:
             await self.provision(request)
-        due = await self.registrations.next_provisioning_due()
+        due = await self.store.next_provisioning_due()
         return None if due is None else (due - now_ms()) / 1000
 
     async def provision(self, request: RegistrationRequest) -> None:

@@ -4,9 +4,10 @@ Each transition is one transaction: a compare-and-set UPDATE, an audit row, and 
 mail it causes, so a change and its consequences commit together or not at all. A
 transition into a state that no longer needs the encrypted password deletes it.
 
-The states and the request's record are `appservice/domain/registration_request.py`,
-the other queries `appservice/storage/registration_store.py`, the mail links'
-tokens `appservice/storage/mail_tokens.py`; `Registrations` offers all three.
+The states and the request's record are `appservice/domain/registration_request.py`.
+The queries and the writes that are not state changes are `RegistrationStore` in
+`appservice/storage/registration_store.py`, the mail links' tokens `MailTokens` in
+`appservice/storage/mail_tokens.py`: callers get those directly, not through here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from gatekeeper.appservice.domain.registration_request import (
@@ -34,7 +34,7 @@ from gatekeeper.appservice.domain.registration_request import (
 )
 from gatekeeper.appservice.storage import mail_tokens
 from gatekeeper.appservice.storage.database import transaction
-from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE, MailTokens
+from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE
 from gatekeeper.appservice.storage.registration_store import RegistrationStore, read
 from gatekeeper.appservice.timeutil import now_ms
 
@@ -117,12 +117,13 @@ AfterCommit = Callable[[LoggingConnection, RegistrationRequest], Awaitable[None]
 Listener = Callable[[RegistrationRequest], None]
 
 
-class Registrations(RegistrationStore, MailTokens):
-    """Requests and their transitions, with the store's queries and the mail tokens.
-    `on_change` hears of every committed change, after the commit."""
+class Registrations:
+    """A request's creation and its transitions, the only writer of its state. It reads
+    with `store` and writes in `store`'s database. `on_change` hears of every committed
+    change, after the commit."""
 
-    def __init__(self, db: Database, on_change: Listener | None = None) -> None:
-        super().__init__(db)
+    def __init__(self, store: RegistrationStore, on_change: Listener | None = None) -> None:
+        self.store = store
         self._on_change = on_change
 
     # --- creating ----------------------------------------------------------------------
@@ -140,10 +141,10 @@ class Registrations(RegistrationStore, MailTokens):
         status, matrix_status = COLUMNS[state]
         now = now_ms()
         decided_by = new.invited_by if state is State.APPROVED else None
-        async with transaction(self.db) as conn:
-            if await self.name_requested(new.localpart, conn):
+        async with transaction(self.store.db) as conn:
+            if await self.store.name_requested(new.localpart, conn):
                 raise NameAlreadyRequested(new.localpart)
-            holder = await self.holder_of_email(new.email, conn=conn)
+            holder = await self.store.holder_of_email(new.email, conn=conn)
             if holder is not None:
                 raise EmailInUse(holder)
             request_id = new_request_id()
@@ -191,13 +192,13 @@ class Registrations(RegistrationStore, MailTokens):
 
     async def confirm_email(self, token: str) -> Result:
         """Redeem a confirmation token once: the email is verified and admins see the request."""
-        async with transaction(self.db) as conn:
+        async with transaction(self.store.db) as conn:
             request_id = await mail_tokens.redeem(conn, token, CONFIRM_PURPOSE)
             if request_id is None:
                 used = await mail_tokens.redeemed_for(conn, token, CONFIRM_PURPOSE)
                 if used is None:
                     return Result(Outcome.NOT_FOUND, None)
-                return Result(Outcome.ALREADY, await self.get(used))
+                return Result(Outcome.ALREADY, await self.store.get(used))
             invite_id = await conn.fetchval(
                 "SELECT invite_id FROM registration_request WHERE id=$1", request_id
             )
@@ -247,7 +248,7 @@ class Registrations(RegistrationStore, MailTokens):
         return await self.apply(request_id, Transition.WITHDRAW, actor)
 
     async def expire_older_than(self, cutoff_ms: int) -> list[Result]:
-        ids = await self.ids_created_before(Transition.EXPIRE.sources, cutoff_ms)
+        ids = await self.store.ids_created_before(Transition.EXPIRE.sources, cutoff_ms)
         return [
             await self.apply(request_id, Transition.EXPIRE, "gatekeeper", "not decided in time")
             for request_id in ids
@@ -256,10 +257,10 @@ class Registrations(RegistrationStore, MailTokens):
     async def claim_for_provisioning(self) -> RegistrationRequest | None:
         """Take the oldest approved request that is due, marking it as being provisioned."""
         while True:
-            request_id = await self.next_due_for_provisioning(now_ms())
+            request_id = await self.store.next_due_for_provisioning(now_ms())
             if request_id is None:
                 return None
-            request = await self.get(request_id)
+            request = await self.store.get(request_id)
             assert request is not None
             result = await self.apply(
                 request.id,
@@ -303,7 +304,7 @@ class Registrations(RegistrationStore, MailTokens):
     async def resume_interrupted(self) -> int:
         """Put requests whose provisioning round died (process crash, database failure
         before the outcome was written) back in the queue."""
-        ids = await self.ids_in_state(State.PROVISIONING)
+        ids = await self.store.ids_in_state(State.PROVISIONING)
         for request_id in ids:
             await self.apply(
                 request_id,
@@ -323,7 +324,7 @@ class Registrations(RegistrationStore, MailTokens):
         extra: Mapping[str, Any] | None = None,
         after: AfterCommit | None = None,
     ) -> Result:
-        async with transaction(self.db) as conn:
+        async with transaction(self.store.db) as conn:
             result = await self._transition(
                 conn, request_id.strip().lower(), transition, actor, reason, extra, after
             )

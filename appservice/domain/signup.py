@@ -38,6 +38,7 @@ from gatekeeper.appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.storage.ratelimit import Limit, RateLimiter, address_key
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 
 log = logging.getLogger("gatekeeper.signup")
 
@@ -95,6 +96,7 @@ class SignUps:
         self,
         config: Config,
         registrations: Registrations,
+        store: RegistrationStore,
         synapse: SynapseAdmin,
         hasher: PasswordHasher,
         box: SecretBox,
@@ -106,6 +108,7 @@ class SignUps:
     ) -> None:
         self.config = config
         self.registrations = registrations
+        self.store = store
         self.synapse = synapse
         self.hasher = hasher
         self.box = box
@@ -163,7 +166,7 @@ class SignUps:
         )
 
     async def check_name_free(self, localpart: str) -> None:
-        if await self.registrations.name_requested(localpart):
+        if await self.store.name_requested(localpart):
             raise FieldErrors({"userName": "is already taken"})
         availability = await self.synapse.username_available(localpart)
         if availability is Availability.TAKEN:
@@ -236,7 +239,7 @@ class SignUps:
     ) -> None:
         """Mail the owner of an address in use that someone tried it for another account
         (`holder` is None when a concurrent sign-up took the address first)."""
-        holder = holder or await self.registrations.holder_of_email(email)
+        holder = holder or await self.store.holder_of_email(email)
         if holder is not None:
             await self.mail.email_in_use(holder, attempted_user_id)
 
@@ -250,10 +253,10 @@ class SignUps:
         email = email.strip()
         if not await self.limiter.recipient_may_get_mail(email):
             return
-        request = await self.registrations.newest_unconfirmed(email)
+        request = await self.store.newest_unconfirmed(email)
         if request is None:
             return
-        async with transaction(self.registrations.db) as conn:
+        async with transaction(self.store.db) as conn:
             await self.mail.confirmation(conn, request)
         self.mail.mailer.wake()
         log.info("Confirmation mail sent again for request %s", request.id)

@@ -35,7 +35,9 @@ from gatekeeper.appservice.runtime.worker import Worker
 from gatekeeper.appservice.storage.bot_state import BotState, SealedState, TransactionLog
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.database import create_database, stop_database, upgrade
+from gatekeeper.appservice.storage.mail_tokens import MailTokens
 from gatekeeper.appservice.storage.ratelimit import Lockout, RateLimiter
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.sessions import Sessions
 from gatekeeper.appservice.storage.totp import TotpStore
 from gatekeeper.appservice.timeutil import now_ms
@@ -84,6 +86,8 @@ class Core:
 
     db: Database
     box: SecretBox
+    store: RegistrationStore
+    tokens: MailTokens
     registrations: Registrations
     mailer: Mailer
     mail: ApplicantMail
@@ -128,6 +132,10 @@ class Gatekeeper:
         return self.started.db
 
     @property
+    def store(self) -> RegistrationStore:
+        return self.started.store
+
+    @property
     def registrations(self) -> Registrations:
         return self.started.registrations
 
@@ -147,15 +155,19 @@ class Gatekeeper:
         config = self.config
         db = await self._start_database()
         box = SecretBox(config.security)
-        registrations = Registrations(db, on_change=lambda _: self._announce_changes())
+        store = RegistrationStore(db)
+        tokens = MailTokens(db)
+        registrations = Registrations(store, on_change=lambda _: self._announce_changes())
         mailer = Mailer(
             config.smtp, db, box, on_wake=lambda: self._announce_changes(mail_only=True)
         )
-        mail = ApplicantMail(config, registrations, mailer, Catalogue(), RateLimiter(db))
+        mail = ApplicantMail(config, tokens, mailer, Catalogue(), RateLimiter(db))
         leadership = leadership_for(config.database, db, on_changes=self._wake_workers)
         self.core = core = Core(
             db=db,
             box=box,
+            store=store,
+            tokens=tokens,
             registrations=registrations,
             mailer=mailer,
             mail=mail,
@@ -188,6 +200,7 @@ class Gatekeeper:
         signups = SignUps(
             config,
             core.registrations,
+            core.store,
             core.synapse,
             hasher,
             core.box,
@@ -200,7 +213,8 @@ class Gatekeeper:
         sessions = Sessions(core.db, config.web)
         accounts = Accounts(
             config,
-            core.registrations,
+            core.store,
+            core.tokens,
             sessions,
             hasher,
             TotpStore(core.db, core.box, issuer=config.homeserver.domain),
@@ -222,6 +236,8 @@ class Gatekeeper:
             config,
             core.mail.catalogue,
             core.registrations,
+            core.store,
+            core.tokens,
             signups,
             accounts,
             sessions,
@@ -229,7 +245,7 @@ class Gatekeeper:
             csrf,
         )
         return create_web_app(
-            WebApi(config, core.registrations, signups, core.decisions),
+            WebApi(config, core.registrations, core.store, core.tokens, signups, core.decisions),
             account_api,
             pages,
             security_middleware(cookies, csrf, sessions),
@@ -279,7 +295,6 @@ class Gatekeeper:
     async def _become_active(self) -> None:
         config = self.config
         core = self.started
-        registrations = core.registrations
         self.appservice = GatekeeperAppService(config, TransactionLog(core.db))
         await self.appservice.start(config.appservice.hostname, config.appservice.port)
         log.info(
@@ -289,7 +304,7 @@ class Gatekeeper:
             config,
             self.appservice.intent,
             BotState(core.db),
-            registrations,
+            core.store,
             core.decisions,
             core.gate,
         )
@@ -311,15 +326,21 @@ class Gatekeeper:
             ) from None
         await self._ping_from_homeserver()
         self._noting_bot = bot
-        notices = NoticeBoard(config, self.appservice.intent, registrations, bot.room)
+        notices = NoticeBoard(config, self.appservice.intent, core.store, bot.room)
         provisioner = Provisioner(
-            config, registrations, core.synapse, core.box, core.mail, bot.invite_newcomer
+            config,
+            core.registrations,
+            core.store,
+            core.synapse,
+            core.box,
+            core.mail,
+            bot.invite_newcomer,
         )
         ttl_ms = int(config.registration.request_ttl_hours * 3_600_000)
         sweep_seconds = min(SWEEP_SECONDS, ttl_ms / 4000)
 
         async def expire() -> float:
-            await registrations.expire_older_than(now_ms() - ttl_ms)
+            await core.registrations.expire_older_than(now_ms() - ttl_ms)
             return sweep_seconds
 
         self._change_workers = [

@@ -27,8 +27,9 @@ from gatekeeper.appservice.domain.signup import SignUps
 from gatekeeper.appservice.homeserver.synapse_admin import HomeserverUnavailable
 from gatekeeper.appservice.runtime.monitoring import Monitoring
 from gatekeeper.appservice.storage.database import DATABASE_UNAVAILABLE
-from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
 from gatekeeper.appservice.storage.ratelimit import RateLimited
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.web.account_api import AccountApi
 from gatekeeper.appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
 from gatekeeper.appservice.web.openapi import openapi_document
@@ -109,11 +110,15 @@ class WebApi:
         self,
         config: Config,
         registrations: Registrations,
+        store: RegistrationStore,
+        tokens: MailTokens,
         signups: SignUps,
         decisions: Decisions,
     ) -> None:
         self.config = config
         self.registrations = registrations
+        self.store = store
+        self.tokens = tokens
         self.signups = signups
         self.decisions = decisions
 
@@ -171,7 +176,7 @@ class WebApi:
         return web.json_response({"sent": True})
 
     async def _by_status_token(self, token: str) -> RegistrationRequest:
-        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        found = await self.tokens.request_for_token(token, STATUS_PURPOSE)
         if found is None:
             raise ApiError(404, "GK_INVALID_TOKEN", "This link is not valid (any more).", "token")
         return found
@@ -235,11 +240,11 @@ class WebApi:
         except ValueError:
             raise ApiError(400, "GK_BAD_QUERY", "state, limit or offset is not valid") from None
         limit = min(limit, 500)
-        found = await self.registrations.in_state(state, limit, offset)
+        found = await self.store.in_state(state, limit, offset)
         return web.json_response({"registrations": [self._admin_json(r) for r in found]})
 
     async def _admin_get(self, request: web.Request) -> RegistrationRequest:
-        found = await self.registrations.get(request.match_info["id"])
+        found = await self.store.get(request.match_info["id"])
         if found is None:
             raise ApiError(404, "GK_NOT_FOUND", "No such registration request.")
         return found
@@ -255,7 +260,7 @@ class WebApi:
                 "to": e.to_state,
                 "reason": e.reason,
             }
-            for e in await self.registrations.history(found.id)
+            for e in await self.store.history(found.id)
         ]
         return web.json_response({**self._admin_json(found), "history": history})
 

@@ -29,8 +29,9 @@ from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations
 from gatekeeper.appservice.domain.signup import SignUps
-from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
 from gatekeeper.appservice.storage.ratelimit import RateLimited
+from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment
 from gatekeeper.appservice.web.common import ApiError
@@ -86,6 +87,8 @@ class Pages:
         config: Config,
         catalogue: Catalogue,
         registrations: Registrations,
+        store: RegistrationStore,
+        tokens: MailTokens,
         signups: SignUps,
         accounts: Accounts,
         sessions: Sessions,
@@ -95,6 +98,8 @@ class Pages:
         self.config = config
         self.catalogue = catalogue
         self.registrations = registrations
+        self.store = store
+        self.tokens = tokens
         self.signups = signups
         self.accounts = accounts
         self.sessions = sessions
@@ -324,7 +329,7 @@ class Pages:
 
     async def status(self, request: web.Request) -> web.Response:
         token = request.query.get("token", "")
-        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        found = await self.tokens.request_for_token(token, STATUS_PURPOSE)
         if found is None:
             lang = self.language(request)
             return self.message(
@@ -347,7 +352,7 @@ class Pages:
 
     async def withdraw(self, request: web.Request) -> web.StreamResponse:
         token = str((await request.post()).get("token", ""))
-        found = await self.registrations.request_for_token(token, STATUS_PURPOSE)
+        found = await self.tokens.request_for_token(token, STATUS_PURPOSE)
         if found is not None:
             await self.registrations.withdraw(found.id)
         raise web.HTTPSeeOther(f"/status?token={token}")
@@ -498,7 +503,7 @@ class Pages:
 
     async def _account(self, request: web.Request) -> tuple[Session, RegistrationRequest]:
         session = request.get(SESSION_KEY)
-        account = await self.registrations.get(session.request_id) if session else None
+        account = await self.store.get(session.request_id) if session else None
         if session is None or account is None:
             raise web.HTTPSeeOther("/login")
         return session, account
