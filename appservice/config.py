@@ -126,6 +126,8 @@ class AdminRoomConfig(Section):
     admins: list[str]
     admin_power_level: int | None = None
     command_prefix: str = "!"
+    encryption: bool = True
+    encrypt_created_room: bool = True
 
     @field_validator("room")
     @classmethod

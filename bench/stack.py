@@ -135,6 +135,7 @@ def _gatekeeper_config(
     )
     data["database"]["url"] = db_url
     data["admin_room"]["admins"] = [f"@{ADMIN}:{SERVER_NAME}"]
+    data["admin_room"]["encrypt_created_room"] = False  # the bench's client reads plaintext
     data["web"].update(
         {
             "port": web_port,

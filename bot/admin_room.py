@@ -6,7 +6,7 @@ import logging
 
 from mautrix.appservice import IntentAPI
 from mautrix.errors import MatrixRequestError, MNotFound
-from mautrix.types import RoomAlias, RoomID, UserID
+from mautrix.types import EventType, RoomAlias, RoomID, UserID
 
 from gatekeeper.appservice.config import AdminRoomConfig
 from gatekeeper.appservice.storage.bot_state import ADMIN_ROOM_ID, BotState
@@ -21,10 +21,14 @@ class AdminRoomError(Exception):
 
 
 class AdminRoom:
-    def __init__(self, config: AdminRoomConfig, intent: IntentAPI, state: BotState) -> None:
+    def __init__(
+        self, config: AdminRoomConfig, intent: IntentAPI, state: BotState, encrypted: bool
+    ) -> None:
+        """`encrypted`: whether a room the bot creates is end-to-end encrypted."""
         self.config = config
         self.intent = intent
         self.state = state
+        self.encrypted = encrypted
         self.room_id: RoomID | None = None
 
     async def prepare(self) -> bool:
@@ -66,10 +70,16 @@ class AdminRoom:
 
     async def _create(self) -> RoomID:
         admins = [UserID(a) for a in self.config.admins]
+        encryption = {"algorithm": "m.megolm.v1.aes-sha2"}
         room_id = await self.intent.create_room(
             name=self.config.name,
             topic="Sign-up requests for this homeserver: approve or reject them here.",
             invitees=admins,
+            initial_state=(
+                [{"type": str(EventType.ROOM_ENCRYPTION), "state_key": "", "content": encryption}]
+                if self.encrypted
+                else []
+            ),
         )
         await self.state.set(ADMIN_ROOM_ID, room_id)
         # Raised after creation: since room version 12 the creator may not be listed in
@@ -78,7 +88,12 @@ class AdminRoom:
         for admin in admins:
             levels.users[admin] = ADMIN_LEVEL
         await self.intent.set_power_levels(room_id, levels)
-        log.info("Created the admin room %s and invited %s", room_id, ", ".join(admins))
+        log.info(
+            "Created the %sadmin room %s and invited %s",
+            "encrypted " if self.encrypted else "",
+            room_id,
+            ", ".join(admins),
+        )
         return room_id
 
     async def is_admin(self, user_id: UserID) -> bool:

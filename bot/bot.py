@@ -5,11 +5,19 @@ from __future__ import annotations
 import html
 import logging
 import secrets
+import time
 from dataclasses import replace
 
 from mautrix.appservice import IntentAPI
-from mautrix.errors import MatrixRequestError
+from mautrix.errors import (
+    IntentError,
+    MatrixRequestError,
+    MForbidden,
+    MNotFound,
+    SessionNotFound,
+)
 from mautrix.types import (
+    EncryptedEvent,
     Event,
     EventID,
     EventType,
@@ -23,11 +31,13 @@ from mautrix.types import (
     StateEvent,
     UserID,
 )
+from mautrix.util import background_task
 
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.gate import Gate
 from gatekeeper.appservice.domain.registrations import Outcome
+from gatekeeper.appservice.homeserver.encryption import BotEncryption, RoomMessages
 from gatekeeper.appservice.storage.bot_state import BotState
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.admin_room import AdminRoom
@@ -48,6 +58,13 @@ log = logging.getLogger("gatekeeper.bot")
 
 REFUSAL = "Sorry, only Gatekeeper admins can give me commands."
 WELCOME = "Hello! I will post sign-up requests here for you to decide on. Send {prefix}help."
+UNREADABLE = "I could not decrypt your message. Please send it again."
+DEAF = (
+    "This room is end-to-end encrypted, but Gatekeeper cannot read or write end-to-end "
+    "encrypted messages here: {cause}. Until that is fixed I cannot see your commands."
+)
+# One "could not decrypt" answer per sender in this time; the log has every failure.
+UNREADABLE_ANSWER_SECONDS = 300.0
 
 
 class AdminBot:
@@ -59,13 +76,27 @@ class AdminBot:
         store: RegistrationStore,
         decisions: Decisions,
         gate: Gate,
+        messages: RoomMessages,
+        encryption: BotEncryption | None,
+        encryption_missing: str | None,
     ) -> None:
+        """`encryption` is None when it is off or cannot work; `encryption_missing` names
+        the cause when it cannot."""
         self.config = config
         self.intent = intent
         self.prefix = config.admin_room.command_prefix
-        self.room = AdminRoom(config.admin_room, intent, state)
+        self.messages = messages
+        self.encryption = encryption
+        self.encryption_missing = encryption_missing
+        self.room = AdminRoom(
+            config.admin_room,
+            intent,
+            state,
+            encrypted=encryption is not None and config.admin_room.encrypt_created_room,
+        )
         self.store = store
         self.decisions = decisions
+        self._unreadable_answered: dict[UserID, float] = {}
         self.commands: dict[str, BoundCommand] = collect_commands(
             self,
             RequestCommands(config, store, decisions),
@@ -77,7 +108,9 @@ class AdminBot:
         """Make sure the bot user exists with its name, and is in the admin room."""
         await self.intent.ensure_registered()
         await self.intent.set_displayname(self.config.appservice.bot_displayname)
-        if await self.room.prepare():
+        created = await self.room.prepare()
+        await self._read_room_state()
+        if created:
             assert self.room.room_id is not None
             await self.send(self.room.room_id, Reply(WELCOME.format(prefix=self.prefix)))
         for room in self.config.registration.newcomer_rooms:
@@ -97,10 +130,29 @@ class AdminBot:
                 self.intent.mxid,
             )
 
+    async def _read_room_state(self) -> None:
+        """Learn whether the admin room is encrypted, and its members (encryption needs
+        both); say in the room and the log if it is encrypted and the bot cannot be."""
+        room_id = self.room.room_id
+        if room_id is None:
+            return
+        try:
+            if self.encryption is not None:
+                await self.encryption.load_room(room_id)
+                return
+            await self.intent.get_state_event(room_id, EventType.ROOM_ENCRYPTION)
+        except (MNotFound, MForbidden, IntentError):
+            return  # not encrypted, or not joined yet (this runs again on joining)
+        cause = self.encryption_missing or "admin_room.encryption is false in the config"
+        log.error("The admin room %s is encrypted: %s", room_id, DEAF.format(cause=cause))
+        await self.send(room_id, Reply(DEAF.format(cause=cause)))
+
     async def handle_event(self, event: Event) -> None:
         """Entry point for every event Synapse sends; one bad event never affects others."""
         try:
-            if isinstance(event, StateEvent) and event.type == EventType.ROOM_MEMBER:
+            if isinstance(event, EncryptedEvent):
+                await self._on_encrypted(event)
+            elif isinstance(event, StateEvent) and event.type == EventType.ROOM_MEMBER:
                 await self._on_membership(event)
             elif isinstance(event, MessageEvent) and event.type == EventType.ROOM_MESSAGE:
                 await self._on_message(event)
@@ -109,7 +161,49 @@ class AdminBot:
         except Exception:
             log.exception("Failed to handle event %s", event.event_id)
 
+    async def _on_encrypted(self, event: EncryptedEvent) -> None:
+        if event.sender == self.intent.mxid or event.room_id != self.room.room_id:
+            return
+        if self.encryption is None:
+            await self._unreadable(event, self.encryption_missing or "encryption is off")
+            return
+        try:
+            decrypted = await self.encryption.decrypt(event)
+        except SessionNotFound:
+            # Its room key may come in a later transaction, which cannot arrive while this
+            # one waits: wait beside it.
+            background_task.create(self._decrypt_when_key_arrives(event))
+            return
+        except Exception as error:  # any failure: the admin must hear of it
+            await self._unreadable(event, f"{type(error).__name__}: {error}")
+            return
+        await self.handle_event(decrypted)
+
+    async def _decrypt_when_key_arrives(self, event: EncryptedEvent) -> None:
+        assert self.encryption is not None
+        try:
+            if await self.encryption.wait_for_key(event):
+                await self.handle_event(await self.encryption.decrypt(event))
+                return
+            await self._unreadable(event, "its room key never reached the bot's device")
+        except Exception as error:
+            log.exception("Failed to decrypt event %s", event.event_id)
+            await self._unreadable(event, str(error))
+
+    async def _unreadable(self, event: EncryptedEvent, cause: str) -> None:
+        """A log line for each message the bot cannot decrypt; an answer asking to send
+        it again, at most once per sender every UNREADABLE_ANSWER_SECONDS."""
+        log.warning("Cannot decrypt %s from %s: %s", event.event_id, event.sender, cause)
+        now = time.monotonic()
+        last = self._unreadable_answered.get(event.sender)
+        if last is not None and now - last < UNREADABLE_ANSWER_SECONDS:
+            return
+        self._unreadable_answered[event.sender] = now
+        await self.send(event.room_id, Reply(UNREADABLE), in_reply_to=event.event_id)
+
     async def _on_membership(self, event: StateEvent) -> None:
+        if self.encryption is not None and event.room_id == self.room.room_id:
+            await self.encryption.handle_member_event(event)
         invited = (
             event.state_key == self.intent.mxid
             and isinstance(event.content, MemberStateEventContent)
@@ -118,7 +212,8 @@ class AdminBot:
         if not invited:
             return
         if event.room_id == self.room.room_id:
-            await self.room.join()
+            if await self.room.join():
+                await self._read_room_state()
         elif event.room_id in self.config.registration.newcomer_rooms:
             await self._join_newcomer_room(event.room_id)
 
@@ -194,7 +289,7 @@ class AdminBot:
         content = content_of(reply)
         if in_reply_to is not None:
             content.set_reply(in_reply_to)
-        await self.intent.send_message(room_id, content)
+        await self.messages.send(room_id, content)
 
     @command("help", help="show the commands you can give")
     async def help(self, ctx: CommandContext) -> Reply:

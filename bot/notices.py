@@ -12,11 +12,11 @@ import logging
 import time
 import unicodedata
 
-from mautrix.appservice import IntentAPI
 from mautrix.types import EventID, Format, MessageType, TextMessageEventContent
 
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.homeserver.encryption import RoomMessages
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.admin_room import AdminRoom
 from gatekeeper.bot.commands import Reply
@@ -142,10 +142,10 @@ def content_of(reply: Reply) -> TextMessageEventContent:
 
 class NoticeBoard:
     def __init__(
-        self, config: Config, intent: IntentAPI, store: RegistrationStore, room: AdminRoom
+        self, config: Config, messages: RoomMessages, store: RegistrationStore, room: AdminRoom
     ) -> None:
         self.config = config
-        self.intent = intent
+        self.messages = messages
         self.store = store
         self.room = room
 
@@ -178,13 +178,11 @@ class NoticeBoard:
         room_id = self.room.room_id
         content = content_of(describe(request, self.config, self.room.config.command_prefix))
         if request.notice_event_id is None:
-            event_id = await self.intent.send_message(
-                room_id, content, txn_id=f"gk-notice-{request.id}"
-            )
+            event_id = await self.messages.send(room_id, content, txn_id=f"gk-notice-{request.id}")
         else:
             event_id = EventID(request.notice_event_id)
             content.set_edit(event_id)
-            await self.intent.send_message(
+            await self.messages.send(
                 room_id, content, txn_id=f"gk-edit-{request.id}-{request.state.value}"
             )
             if request.state is State.FAILED:
@@ -196,5 +194,5 @@ class NoticeBoard:
                     )
                 )
                 alert.set_reply(event_id)
-                await self.intent.send_message(room_id, alert, txn_id=f"gk-alert-{request.id}")
+                await self.messages.send(room_id, alert, txn_id=f"gk-alert-{request.id}")
         await self.store.record_notice(request.id, event_id, request.state)

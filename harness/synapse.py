@@ -112,6 +112,12 @@ def write_config(settings: SynapseSettings) -> str:
         "rc_admin_redaction": UNLIMITED,
         "rc_3pid_validation": UNLIMITED,
         "federation_domain_whitelist": [],
+        # What Gatekeeper's encryption needs: to-device messages, device lists and key
+        # counts pushed in appservice transactions (see docs/operator-guide.md).
+        "experimental_features": {
+            "msc2409_to_device_messages_enabled": True,
+            "msc3202_transaction_extensions": True,
+        },
     }
     yaml.dump(config, settings.config_file)
     subprocess.run(

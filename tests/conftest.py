@@ -268,6 +268,9 @@ def write_gatekeeper_config(path: Path, synapse_url: str, port: int) -> None:
     example["appservice"]["address"] = f"http://127.0.0.1:{port}"
     example["appservice"]["port"] = port
     example["admin_room"]["admins"] = [f"@alice:{SERVER_NAME}"]
+    # The plain client of harness/matrix_user.py reads the rooms the bot creates;
+    # tests/test_encrypted_room.py has admins with encrypted clients and rooms.
+    example["admin_room"]["encrypt_created_room"] = False
     example["logging"]["level"] = "DEBUG"
     with path.open("w") as file:
         YAML().dump(example, file)

@@ -57,6 +57,11 @@ def test_writes_registration_and_tokens(tmp_path: Path) -> None:
     assert registration["url"] == "http://127.0.0.1:29330"
     assert registration["sender_localpart"] == "gatekeeper"
     assert registration["rate_limited"] is False
+    # What the bot's encryption needs from Synapse (homeserver/encryption.py).
+    assert registration["receive_ephemeral"] is True
+    assert registration["de.sorunome.msc2409.push_ephemeral"] is True
+    assert registration["org.matrix.msc3202"] is True
+    assert registration["io.element.msc4190"] is True
     assert registration["namespaces"]["users"] == [
         {"regex": r"^@gatekeeper:example\.org$", "exclusive": True}
     ]

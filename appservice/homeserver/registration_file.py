@@ -37,6 +37,13 @@ def registration_for(config: Config) -> dict[str, Any]:
             "aliases": [],
             "rooms": [],
         },
+        # For encrypted admin rooms (homeserver/encryption.py): Synapse pushes to-device
+        # messages (MSC2409), device lists and key counts (MSC3202) in transactions, and
+        # lets the as_token create the bot's device (MSC4190).
+        "receive_ephemeral": True,
+        "de.sorunome.msc2409.push_ephemeral": True,
+        "org.matrix.msc3202": True,
+        "io.element.msc4190": True,
     }
 
 

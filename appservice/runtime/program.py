@@ -27,6 +27,11 @@ from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.domain.signup import SignUps
 from gatekeeper.appservice.homeserver.appservice_listener import GatekeeperAppService
+from gatekeeper.appservice.homeserver.encryption import (
+    BotEncryption,
+    EncryptionUnavailable,
+    RoomMessages,
+)
 from gatekeeper.appservice.homeserver.synapse_admin import SynapseAdmin
 from gatekeeper.appservice.runtime.leadership import Leadership, leadership_for
 from gatekeeper.appservice.runtime.mailer import Mailer
@@ -109,6 +114,7 @@ class Gatekeeper:
         self.core: Core | None = None
         self.appservice: GatekeeperAppService | None = None
         self.bot: AdminBot | None = None
+        self.encryption: BotEncryption | None = None
         # The bot that takes the gate's room notes: set once the active role is up.
         self._noting_bot: AdminBot | None = None
         self.web_runner: web.AppRunner | None = None
@@ -295,22 +301,27 @@ class Gatekeeper:
     async def _become_active(self) -> None:
         config = self.config
         core = self.started
-        self.appservice = GatekeeperAppService(config, TransactionLog(core.db))
-        await self.appservice.start(config.appservice.hostname, config.appservice.port)
+        self.appservice = appservice = GatekeeperAppService(config, TransactionLog(core.db))
+        await appservice.start(config.appservice.hostname, config.appservice.port)
         log.info(
             "Listening for Synapse on %s:%d", config.appservice.hostname, config.appservice.port
         )
-        self.bot = bot = AdminBot(
-            config,
-            self.appservice.intent,
-            BotState(core.db),
-            core.store,
-            core.decisions,
-            core.gate,
-        )
-        self.appservice.matrix_event_handler(bot.handle_event)
         try:
             await self._wait_for_homeserver()
+            self.encryption, encryption_missing = await self._start_encryption(appservice, core)
+            self.bot = bot = AdminBot(
+                config,
+                appservice.intent,
+                BotState(core.db),
+                core.store,
+                core.decisions,
+                core.gate,
+                RoomMessages(appservice.intent, self.encryption),
+                self.encryption,
+                encryption_missing,
+            )
+            appservice.matrix_event_handler(bot.handle_event)
+            appservice.handlers_ready.set()
             await bot.start()
         except MUnknownToken:
             raise StartupError(
@@ -326,7 +337,7 @@ class Gatekeeper:
             ) from None
         await self._ping_from_homeserver()
         self._noting_bot = bot
-        notices = NoticeBoard(config, self.appservice.intent, core.store, bot.room)
+        notices = NoticeBoard(config, bot.messages, core.store, bot.room)
         provisioner = Provisioner(
             config,
             core.registrations,
@@ -351,8 +362,25 @@ class Gatekeeper:
         for worker in self.workers:
             worker.start()
         await core.mailer.start()
-        self.appservice.ready = True
+        appservice.ready = True
         log.info("Active: admin room %s", bot.room.room_id)
+
+    async def _start_encryption(
+        self, appservice: GatekeeperAppService, core: Core
+    ) -> tuple[BotEncryption | None, str | None]:
+        """The bot's encryption, or None and why it cannot work (no reason when the config
+        turns it off)."""
+        if not self.config.admin_room.encryption:
+            return None, None
+        encryption = BotEncryption(
+            appservice, core.db, SealedState(BotState(core.db), core.box), appservice.room_state
+        )
+        try:
+            await encryption.start()
+        except EncryptionUnavailable as error:
+            log.warning("Gatekeeper cannot read or write end-to-end encrypted rooms: %s", error)
+            return None, str(error)
+        return encryption, None
 
     async def _room_note(self, text: str) -> None:
         """The gate's one-line notes: into the admin room while this process is active,
@@ -388,6 +416,9 @@ class Gatekeeper:
         if self.appservice is not None:
             await self.appservice.stop()
             self.appservice = None
+        if self.encryption is not None:
+            await self.encryption.stop()
+            self.encryption = None
         self.bot = None
 
     async def _start_database(self) -> Database:
