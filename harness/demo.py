@@ -7,6 +7,7 @@ left behind is stopped by the next run. GATEKEEPER_DEMO_DIR puts the folder else
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -128,11 +129,17 @@ class PrintMail:
         return "250 OK"
 
 
-def _gatekeeper_config(synapse: SynapseServer, ports: dict[str, int]) -> Path:
+def _gatekeeper_config(synapse: SynapseServer, ports: dict[str, int], encrypted: bool) -> Path:
     """Write .demo/gatekeeper/config.yaml and its registration the first time."""
     directory = DEMO / "gatekeeper"
     config_path = directory / "config.yaml"
     if config_path.exists():
+        was = YAML(typ="safe").load(config_path.read_text())["admin_room"]["encrypt_created_room"]
+        if was != encrypted:
+            _say(
+                f"Note: this demo's admin room was made {'en' if was else 'un'}encrypted on its "
+                "first run and stays so; delete .demo/ to start afresh."
+            )
         return config_path
     directory.mkdir(parents=True, exist_ok=True)
     yaml = YAML()
@@ -147,6 +154,8 @@ def _gatekeeper_config(synapse: SynapseServer, ports: dict[str, int]) -> Path:
     config["smtp"]["port"] = ports["smtp"]
     config["smtp"]["from_address"] = "Gatekeeper demo <gatekeeper@localhost>"
     config["admin_room"]["admins"] = [f"@{ADMIN}:{SERVER_NAME}"]
+    # Plaintext by default, so that any client (even curl) can follow the room.
+    config["admin_room"]["encrypt_created_room"] = encrypted
     with config_path.open("w") as file:
         yaml.dump(config, file)
     generate_registration(config_path, directory / "registration.yaml")
@@ -180,7 +189,7 @@ async def _wait_for_web(web_url: str, gatekeeper: subprocess.Popen[bytes]) -> No
     raise SystemExit("Gatekeeper stopped; see .demo/gatekeeper/gatekeeper.log")
 
 
-async def main() -> int:
+async def main(encrypted: bool) -> int:
     # Every stop signal, from the start: whatever has started by then is stopped again.
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -188,12 +197,12 @@ async def main() -> int:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, main_task.cancel)
     try:
-        return await _run()
+        return await _run(encrypted)
     except asyncio.CancelledError:
         return 0
 
 
-async def _run() -> int:
+async def _run(encrypted: bool) -> int:
     DEMO.mkdir(exist_ok=True)
     await stop_stale_synapse(DEMO / "synapse")
     ports = _ports()
@@ -202,7 +211,7 @@ async def _run() -> int:
     synapse = SynapseServer(
         SynapseSettings(DEMO / "synapse", SERVER_NAME, ports["synapse"], (registration,))
     )
-    config_path = _gatekeeper_config(synapse, ports)
+    config_path = _gatekeeper_config(synapse, ports, encrypted)
     mail = Controller(PrintMail(DEMO / "mail.log"), hostname="127.0.0.1", port=ports["smtp"])
     mail.start()
     password = _read_or_create(DEMO / "admin-password", lambda: secrets.token_urlsafe(12))
@@ -235,7 +244,8 @@ async def _run() -> int:
             f"  homeserver URL : {synapse_url}\n"
             f"  admin user     : @{ADMIN}:{SERVER_NAME}\n"
             f"  password       : {password}\n"
-            f"  admin room     : {room_id}  (send !help there)\n"
+            f"  admin room     : {room_id}  ({'end-to-end encrypted; ' if encrypted else ''}"
+            "send !help there)\n"
             f"Sign-up page   : {web_url}/sign-up  (log in at {web_url}/login)\n"
             "Mails (confirmation links) are shown here and kept in .demo/mail.log.\n"
             f"Logs: {DEMO}/synapse/homeserver.log, {config_path.parent}/gatekeeper.log\n"
@@ -261,4 +271,10 @@ async def _run() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    parser = argparse.ArgumentParser(description="A throwaway Synapse and Gatekeeper.")
+    parser.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="the admin room the bot creates is end-to-end encrypted (try it with Element)",
+    )
+    sys.exit(asyncio.run(main(parser.parse_args().encrypted)))
