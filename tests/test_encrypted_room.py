@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from mautrix.types import EventType, RoomID
 
+from gatekeeper.appservice.config import DatabaseConfig
 from gatekeeper.appservice.homeserver import encryption
 from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.storage.database import create_database
 from harness.encrypted_user import DecryptedMessage, EncryptedUser
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import PASSWORD, Homeserver, StartGatekeeper
@@ -209,3 +211,32 @@ async def test_a_message_it_cannot_decrypt_gets_one_answer(
     assert pending.body == "No requests are waiting for a decision."
     from_bot = [m for m in encrypted_alice.messages[mark:] if m.sender == BOT]
     assert from_bot == [pending]
+
+
+async def test_keys_that_cannot_be_read_give_a_fresh_device(
+    start_gatekeeper: StartGatekeeper,
+    encrypted_alice: EncryptedUser,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, room_id, [old_device] = await encrypted_room_with_bot(start_gatekeeper, encrypted_alice)
+    assert (await encrypted_alice.reply_to(room_id, "!pending", BOT)).encrypted
+    await first.stop()
+    # As after restoring the database without its config: the key of the stored keys is gone.
+    db = create_database(DatabaseConfig(url=db_url))
+    await db.start()
+    await db.execute(
+        "UPDATE bot_state SET value = 'not a sealed value' WHERE key = 'crypto_pickle_key'"
+    )
+    await db.stop()
+
+    await start_gatekeeper(admin_room={"room": room_id})
+
+    assert any("encryption keys cannot be used" in r.getMessage() for r in caplog.records)
+    encrypted_alice.client.users_for_key_query.add(BOT)
+    await encrypted_alice.client.keys_query()
+    [new_device] = await encrypted_alice.wait_for_devices(room_id, BOT)
+    assert new_device != old_device  # the old one is deleted: no key goes to it any more
+    answer = await encrypted_alice.reply_to(room_id, "!pending", BOT)
+    assert answer.encrypted
+    assert answer.body == "No requests are waiting for a decision."
