@@ -17,6 +17,7 @@ from mautrix.types import EventType, RoomID
 
 from gatekeeper.appservice.config import DatabaseConfig
 from gatekeeper.appservice.homeserver import encryption
+from gatekeeper.appservice.runtime import leadership
 from gatekeeper.appservice.runtime.program import Gatekeeper
 from gatekeeper.appservice.storage.database import create_database
 from harness.encrypted_user import DecryptedMessage, EncryptedUser
@@ -240,3 +241,30 @@ async def test_keys_that_cannot_be_read_give_a_fresh_device(
     answer = await encrypted_alice.reply_to(room_id, "!pending", BOT)
     assert answer.encrypted
     assert answer.body == "No requests are waiting for a decision."
+
+
+# Several processes share a PostgreSQL database only.
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_the_process_that_takes_over_uses_the_same_device(
+    start_gatekeeper: StartGatekeeper,
+    encrypted_alice: EncryptedUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(leadership, "HEARTBEAT_SECONDS", 0.5)
+    first, room_id, devices = await encrypted_room_with_bot(start_gatekeeper, encrypted_alice)
+    second = await start_gatekeeper(admin_room={"room": room_id})
+    assert (first.role, second.role) == ("active", "standby")
+    assert (await encrypted_alice.reply_to(room_id, "!pending", BOT)).encrypted
+
+    await first.stop()
+
+    async def second_is_active() -> bool:
+        return second.role == "active"
+
+    await wait_until(second_is_active)
+    answer = await encrypted_alice.reply_to(room_id, "!pending", BOT)
+    assert answer.encrypted
+    assert answer.body == "No requests are waiting for a decision."
+    encrypted_alice.client.users_for_key_query.add(BOT)
+    await encrypted_alice.client.keys_query()
+    assert await encrypted_alice.wait_for_devices(room_id, BOT) == devices
