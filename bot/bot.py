@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import secrets
@@ -136,16 +137,28 @@ class AdminBot:
         room_id = self.room.room_id
         if room_id is None:
             return
-        try:
-            if self.encryption is not None:
+        if self.encryption is not None:
+            # Not joined yet, it fails: this runs again on joining.
+            with contextlib.suppress(MForbidden, IntentError):
                 await self.encryption.load_room(room_id)
-                return
+            return
+        await self.cannot_read_encrypted(
+            self.encryption_missing or "admin_room.encryption is false in the config"
+        )
+
+    async def cannot_read_encrypted(self, cause: str) -> None:
+        """If the admin room is encrypted, tell its admins (and the log) that the bot
+        cannot read it, and why."""
+        room_id = self.room.room_id
+        if room_id is None:
+            return
+        try:
             await self.intent.get_state_event(room_id, EventType.ROOM_ENCRYPTION)
         except (MNotFound, MForbidden, IntentError):
             return  # not encrypted, or not joined yet (this runs again on joining)
-        cause = self.encryption_missing or "admin_room.encryption is false in the config"
         log.error("The admin room %s is encrypted: %s", room_id, DEAF.format(cause=cause))
-        await self.send(room_id, Reply(DEAF.format(cause=cause)))
+        # In plaintext, which every client shows, whatever the bot's encryption can do.
+        await self.intent.send_message(room_id, content_of(Reply(DEAF.format(cause=cause))))
 
     async def handle_event(self, event: Event) -> None:
         """Entry point for every event Synapse sends; one bad event never affects others."""

@@ -276,10 +276,9 @@ def write_gatekeeper_config(path: Path, synapse_url: str, port: int) -> None:
         YAML().dump(example, file)
 
 
-@pytest.fixture(scope="session")
-async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Homeserver]:
+async def start_synapse(directory: Path, encryption_features: bool = True) -> Homeserver:
     """A real Synapse that loads the registration made by `gatekeeper generate-registration`."""
-    directory = tmp_path_factory.mktemp("synapse")
+    directory.mkdir(parents=True, exist_ok=True)
     synapse_port, gatekeeper_port = free_port(), free_port()
     config_file = directory / "gatekeeper.yaml"
     registration = directory / "registration.yaml"
@@ -299,16 +298,32 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hom
         capture_output=True,
     )
     server = SynapseServer(
-        SynapseSettings(directory / "hs", SERVER_NAME, synapse_port, (registration,))
+        SynapseSettings(
+            directory / "hs",
+            SERVER_NAME,
+            synapse_port,
+            (registration,),
+            encryption_features=encryption_features,
+        )
     )
     await server.start()
-    homeserver = Homeserver(server, config_file)
+    return Homeserver(server, config_file)
+
+
+async def stop_synapse(homeserver: Homeserver) -> None:
+    for user in homeserver.users.values():
+        await user.close()
+    await homeserver.server.stop()
+
+
+@pytest.fixture(scope="session")
+async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Homeserver]:
+    """The session's Synapse, with what encrypted admin rooms need."""
+    homeserver = await start_synapse(tmp_path_factory.mktemp("synapse"))
     try:
         yield homeserver
     finally:
-        for user in homeserver.users.values():
-            await user.close()
-        await server.stop()
+        await stop_synapse(homeserver)
 
 
 @pytest.fixture

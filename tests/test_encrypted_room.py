@@ -22,10 +22,21 @@ from gatekeeper.appservice.runtime.program import Gatekeeper
 from gatekeeper.appservice.storage.database import create_database
 from harness.encrypted_user import DecryptedMessage, EncryptedUser
 from harness.matrix_user import MatrixUser, wait_until
-from tests.conftest import PASSWORD, Homeserver, StartGatekeeper
+from tests.conftest import (
+    PASSWORD,
+    Homeserver,
+    MailCatcher,
+    StartGatekeeper,
+    gatekeeper_config,
+    matrix_user,
+    start_synapse,
+    stop_or_explain,
+    stop_synapse,
+)
 from tests.flows import BOT, can_log_in, new_applicant, request_id_of, sign_up
 
 NO_CONFIRMATION = {"require_email_confirmation": False}
+pytestmark = pytest.mark.synapse
 
 
 @pytest.fixture
@@ -268,3 +279,47 @@ async def test_the_process_that_takes_over_uses_the_same_device(
     encrypted_alice.client.users_for_key_query.add(BOT)
     await encrypted_alice.client.keys_query()
     assert await encrypted_alice.wait_for_devices(room_id, BOT) == devices
+
+
+# A Synapse of its own (the session's has the features); the database plays no part.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_synapse_without_the_features_is_named_at_start_and_in_the_room(
+    tmp_path: Path,
+    db_url: str,
+    smtp: MailCatcher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(encryption, "DELIVERY_CHECK_SECONDS", 3.0)
+    homeserver = await start_synapse(tmp_path / "synapse", encryption_features=False)
+    gatekeeper = Gatekeeper(
+        gatekeeper_config(
+            homeserver,
+            db_url,
+            tmp_path,
+            smtp.port,
+            admin_room={"encrypt_created_room": True},
+        )
+    )
+    try:
+        admin = await matrix_user(homeserver, "alice")
+        await gatekeeper.start()
+        assert gatekeeper.bot is not None
+        room_id = gatekeeper.bot.room.room_id
+        assert room_id is not None
+        await admin.wait_for_invite(room_id)
+        await admin.api.join_room_by_id(room_id)
+
+        warning = await admin.wait_for(
+            lambda e: (
+                e.get("room_id") == room_id
+                and e.get("type") == "m.room.message"
+                and "cannot read" in e.get("content", {}).get("body", "")
+            )
+        )
+        assert "msc2409_to_device_messages_enabled" in warning["content"]["body"]
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("Synapse sent no to-device message to the bot" in line for line in lines)
+    finally:
+        await stop_or_explain(gatekeeper)
+        await stop_synapse(homeserver)

@@ -21,6 +21,7 @@ from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import Client
 from mautrix.errors import EncryptionError, MatrixRequestError, MNotFound, MUnknownToken
 from mautrix.types import (
+    ASToDeviceEvent,
     DeviceID,
     EncryptedEvent,
     Event,
@@ -28,6 +29,7 @@ from mautrix.types import (
     EventType,
     Membership,
     MessageEventContent,
+    Obj,
     RoomEncryptionStateEventContent,
     RoomID,
     Serializable,
@@ -48,6 +50,10 @@ PICKLE_KEY_STATE = "crypto_pickle_key"
 DEVICE_NAME = "Gatekeeper"
 # How long a message waits for its room key, which may come in a later transaction.
 ROOM_KEY_WAIT_SECONDS = 10.0
+# A to-device message the bot sends itself at start: Synapse without MSC2409 never pushes
+# it, and then no room key ever arrives either.
+DELIVERY_CHECK = EventType.find("org.gatekeeper.delivery_check", EventType.Class.TO_DEVICE)
+DELIVERY_CHECK_SECONDS = 60.0
 
 
 class EncryptionUnavailable(Exception):
@@ -74,6 +80,7 @@ class BotEncryption:
         self._store: PgCryptoStore | None = None
         self._machine: OlmMachine | None = None
         self._share_locks: dict[RoomID, asyncio.Lock] = {}
+        self._delivery_checked = asyncio.Event()
 
     @property
     def machine(self) -> OlmMachine:
@@ -107,7 +114,7 @@ class BotEncryption:
             await self._close_device()
             await self._forget_store()
             await self._start_device(await self._pickle_key(fresh=True))
-        self.appservice.to_device_handler = self.machine.handle_as_to_device_event
+        self.appservice.to_device_handler = self._on_to_device
         self.appservice.otk_handler = self.machine.handle_as_otk_counts
         self.appservice.device_list_handler = self.machine.handle_as_device_lists
         account = self.machine.account
@@ -116,6 +123,32 @@ class BotEncryption:
             self.device_id,
             account.signing_key if account is not None else "?",
         )
+
+    async def _on_to_device(self, event: ASToDeviceEvent) -> None:
+        if event.type == DELIVERY_CHECK and event.sender == self.appservice.bot_mxid:
+            self._delivery_checked.set()
+            return
+        await self.machine.handle_as_to_device_event(event)
+
+    async def check_delivery(self) -> str | None:
+        """None if Synapse pushes to-device messages to the bot: a message to itself comes
+        back within DELIVERY_CHECK_SECONDS. Otherwise what is missing."""
+        client = self.client
+        if client is None:
+            raise RuntimeError("encryption is not started")
+        self._delivery_checked.clear()
+        content = Obj(nonce=secrets.token_hex(8))
+        await client.send_to_device(DELIVERY_CHECK, {client.mxid: {client.device_id: content}})
+        try:
+            await asyncio.wait_for(self._delivery_checked.wait(), DELIVERY_CHECK_SECONDS)
+        except TimeoutError:
+            return (
+                f"Synapse sent no to-device message to the bot in {DELIVERY_CHECK_SECONDS:g} s, "
+                "so no room key can reach it: set experimental_features "
+                "msc2409_to_device_messages_enabled and msc3202_transaction_extensions in "
+                "homeserver.yaml, and receive_ephemeral in the registration file"
+            )
+        return None
 
     async def _pickle_key(self, fresh: bool = False) -> str:
         """The key the stored Olm account and sessions are pickled with. Re-sealed at each

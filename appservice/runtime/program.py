@@ -115,6 +115,7 @@ class Gatekeeper:
         self.appservice: GatekeeperAppService | None = None
         self.bot: AdminBot | None = None
         self.encryption: BotEncryption | None = None
+        self._delivery_check: asyncio.Task[None] | None = None
         # The bot that takes the gate's room notes: set once the active role is up.
         self._noting_bot: AdminBot | None = None
         self.web_runner: web.AppRunner | None = None
@@ -364,6 +365,21 @@ class Gatekeeper:
         await core.mailer.start()
         appservice.ready = True
         log.info("Active: admin room %s", bot.room.room_id)
+        if self.encryption is not None:
+            self._delivery_check = asyncio.create_task(
+                self._check_encryption_delivery(bot, self.encryption), name="delivery-check"
+            )
+
+    async def _check_encryption_delivery(self, bot: AdminBot, encryption: BotEncryption) -> None:
+        """Synapse accepts the registration's encryption keys even without the features
+        behind them: only a to-device message that never comes shows it."""
+        try:
+            problem = await encryption.check_delivery()
+        except MatrixRequestError as error:
+            problem = f"the homeserver refused a to-device message: {error}"
+        if problem is not None:
+            log.error("Gatekeeper cannot read end-to-end encrypted rooms: %s", problem)
+            await bot.cannot_read_encrypted(problem)
 
     async def _start_encryption(
         self, appservice: GatekeeperAppService, core: Core
@@ -407,6 +423,9 @@ class Gatekeeper:
 
     async def _stand_down(self) -> None:
         """Stop what only the active process may do; the web endpoint goes on."""
+        if self._delivery_check is not None:
+            self._delivery_check.cancel()
+            self._delivery_check = None
         for worker in self.workers:
             await worker.stop()
         self.workers = self._change_workers = []
