@@ -12,6 +12,7 @@ with the config's secrets. docs/operator-guide.md says what Synapse needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -131,24 +132,26 @@ class BotEncryption:
         await self.machine.handle_as_to_device_event(event)
 
     async def check_delivery(self) -> str | None:
-        """None if Synapse pushes to-device messages to the bot: a message to itself comes
-        back within DELIVERY_CHECK_SECONDS. Otherwise what is missing."""
+        """None once Synapse pushes the bot a to-device message it sent itself; otherwise,
+        after DELIVERY_CHECK_SECONDS, what is missing. One is sent every few seconds:
+        Synapse drops those of transactions it retries after marking us down."""
         client = self.client
         if client is None:
             raise RuntimeError("encryption is not started")
         self._delivery_checked.clear()
-        content = Obj(nonce=secrets.token_hex(8))
-        await client.send_to_device(DELIVERY_CHECK, {client.mxid: {client.device_id: content}})
-        try:
-            await asyncio.wait_for(self._delivery_checked.wait(), DELIVERY_CHECK_SECONDS)
-        except TimeoutError:
-            return (
-                f"Synapse sent no to-device message to the bot in {DELIVERY_CHECK_SECONDS:g} s, "
-                "so no room key can reach it: set experimental_features "
-                "msc2409_to_device_messages_enabled and msc3202_transaction_extensions in "
-                "homeserver.yaml, and receive_ephemeral in the registration file"
-            )
-        return None
+        deadline = asyncio.get_running_loop().time() + DELIVERY_CHECK_SECONDS
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            content = Obj(nonce=secrets.token_hex(8))
+            await client.send_to_device(DELIVERY_CHECK, {client.mxid: {client.device_id: content}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._delivery_checked.wait(), min(left, 2.0))
+                return None
+        return (
+            f"Synapse sent no to-device message to the bot in {DELIVERY_CHECK_SECONDS:g} s, "
+            "so no room key can reach it: set experimental_features "
+            "msc2409_to_device_messages_enabled and msc3202_transaction_extensions in "
+            "homeserver.yaml, and receive_ephemeral in the registration file"
+        )
 
     async def _pickle_key(self, fresh: bool = False) -> str:
         """The key the stored Olm account and sessions are pickled with. Re-sealed at each

@@ -75,6 +75,8 @@ EXIT_HOMESERVER = 12
 
 
 SWEEP_SECONDS = 60.0
+# How long start-up waits for the encryption's delivery check (it goes on after that).
+DELIVERY_WAIT_SECONDS = 10.0
 # A process that got the active role but could not start it waits this long to try again.
 RETAKE_SECONDS = 10.0
 
@@ -323,6 +325,8 @@ class Gatekeeper:
             )
             appservice.matrix_event_handler(bot.handle_event)
             appservice.handlers_ready.set()
+            # Early: Synapse retries what it held back while we were down, and marks us up.
+            await self._ping_from_homeserver()
             await bot.start()
         except MUnknownToken:
             raise StartupError(
@@ -336,7 +340,6 @@ class Gatekeeper:
             raise StartupError(
                 f"the homeserver refused a start-up step: {error}", EXIT_HOMESERVER
             ) from None
-        await self._ping_from_homeserver()
         self._noting_bot = bot
         notices = NoticeBoard(config, bot.messages, core.store, bot.room)
         provisioner = Provisioner(
@@ -363,12 +366,15 @@ class Gatekeeper:
         for worker in self.workers:
             worker.start()
         await core.mailer.start()
-        appservice.ready = True
         log.info("Active: admin room %s", bot.room.room_id)
         if self.encryption is not None:
-            self._delivery_check = asyncio.create_task(
+            self._delivery_check = check = asyncio.create_task(
                 self._check_encryption_delivery(bot, self.encryption), name="delivery-check"
             )
+            # Usually done in a round trip. Until then Synapse may still drop to-device
+            # messages (room keys), so the start waits a little for it.
+            await asyncio.wait([check], timeout=DELIVERY_WAIT_SECONDS)
+        appservice.ready = True
 
     async def _check_encryption_delivery(self, bot: AdminBot, encryption: BotEncryption) -> None:
         """Synapse accepts the registration's encryption keys even without the features
