@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from mautrix.types import EventType, RoomID
 
 from gatekeeper.appservice.config import DatabaseConfig
@@ -323,3 +324,27 @@ async def test_a_synapse_without_the_features_is_named_at_start_and_in_the_room(
     finally:
         await stop_or_explain(gatekeeper)
         await stop_synapse(homeserver)
+
+
+async def test_the_device_survives_a_rotation_of_the_config_keys(
+    start_gatekeeper: StartGatekeeper, encrypted_alice: EncryptedUser
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    first, room_id, devices = await encrypted_room_with_bot(
+        start_gatekeeper, encrypted_alice, security={"encryption_keys": [old]}
+    )
+    await first.stop()
+    # The operator guide's rotation: the new key first, the old one kept for a while...
+    rotating = await start_gatekeeper(
+        admin_room={"room": room_id}, security={"encryption_keys": [new, old]}
+    )
+    await rotating.stop()
+    # ...then removed.
+    await start_gatekeeper(admin_room={"room": room_id}, security={"encryption_keys": [new]})
+
+    answer = await encrypted_alice.reply_to(room_id, "!pending", BOT)
+    assert answer.encrypted
+    assert answer.body == "No requests are waiting for a decision."
+    encrypted_alice.client.users_for_key_query.add(BOT)
+    await encrypted_alice.client.keys_query()
+    assert await encrypted_alice.wait_for_devices(room_id, BOT) == devices
