@@ -55,6 +55,8 @@ ROOM_KEY_WAIT_SECONDS = 10.0
 # it, and then no room key ever arrives either.
 DELIVERY_CHECK = EventType.find("org.gatekeeper.delivery_check", EventType.Class.TO_DEVICE)
 DELIVERY_CHECK_SECONDS = 60.0
+# Probes sent while Synapse holds our transactions back are lost: one goes out this often.
+DELIVERY_PROBE_SECONDS = 0.5
 
 
 class EncryptionUnavailable(Exception):
@@ -133,7 +135,7 @@ class BotEncryption:
 
     async def check_delivery(self) -> str | None:
         """None once Synapse pushes the bot a to-device message it sent itself; otherwise,
-        after DELIVERY_CHECK_SECONDS, what is missing. One is sent every few seconds:
+        after DELIVERY_CHECK_SECONDS, what is missing. A probe goes out every half second:
         Synapse drops those of transactions it retries after marking us down."""
         client = self.client
         if client is None:
@@ -144,8 +146,14 @@ class BotEncryption:
             content = Obj(nonce=secrets.token_hex(8))
             await client.send_to_device(DELIVERY_CHECK, {client.mxid: {client.device_id: content}})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._delivery_checked.wait(), min(left, 2.0))
+                await asyncio.wait_for(
+                    self._delivery_checked.wait(), min(left, DELIVERY_PROBE_SECONDS)
+                )
                 return None
+            # Synapse may have marked us down just now (a push to our previous listener
+            # failed): a ping makes it retry at once instead of after its back-off.
+            with contextlib.suppress(MatrixRequestError):
+                await self.appservice.ping_self()
         return (
             f"Synapse sent no to-device message to the bot in {DELIVERY_CHECK_SECONDS:g} s, "
             "so no room key can reach it: set experimental_features "
