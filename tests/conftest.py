@@ -186,25 +186,19 @@ async def _migrate(url: str) -> None:
         await upgrade(db)
 
 
-async def _empty_postgres_database(url: str) -> None:
-    """Delete every row but the schema's version: what a freshly migrated database holds."""
+async def _emptying_sql(url: str) -> str:
+    """One round trip that deletes every row but the schema's version: what a freshly
+    migrated database holds. As replica, foreign keys do not dictate the order."""
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():
-            # As replica, foreign keys do not dictate the order of the deletes.
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            tables = await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'schema_version'"
-            )
-            for table in tables:
-                await conn.execute(f'DELETE FROM "{table["tablename"]}"')
-            await conn.execute(
-                "SELECT setval(format('%I', sequencename), 1, false) FROM pg_sequences "
-                "WHERE schemaname = 'public'"
-            )
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'schema_version'"
+        )
     finally:
         await conn.close()
+    deletes = "".join(f'DELETE FROM "{table["tablename"]}";' for table in tables)
+    return f"BEGIN; SET LOCAL session_replication_role = replica; {deletes} COMMIT;"
 
 
 @pytest.fixture(scope="session")
@@ -215,12 +209,13 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated(postgres_url: str) -> Iterator[str]:
+def postgres_migrated(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """The session's migrated database: its URL, and the SQL that empties it."""
     name = _in_own_loop(_create_postgres_database(postgres_url))
     try:
         url = _database_url(postgres_url, name)
         _in_own_loop(_migrate(url))
-        yield url
+        yield url, _in_own_loop(_emptying_sql(url))
     finally:
         _in_own_loop(_drop_postgres_database(postgres_url, name))
 
@@ -232,9 +227,13 @@ async def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str
         path = tmp_path / "gatekeeper.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:{path}"
-    url: str = request.getfixturevalue("postgres_migrated")
-    await _empty_postgres_database(url)
-    return url
+    url, emptying = request.getfixturevalue("postgres_migrated")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(emptying)
+    finally:
+        await conn.close()
+    return str(url)
 
 
 @pytest.fixture
