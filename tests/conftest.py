@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "postgres" in (
             callspec.params.get("db_url"),
-            callspec.params.get("migrated_db_url"),
+            callspec.params.get("db"),
         ):
             item.add_marker("postgres")
 
@@ -220,27 +220,33 @@ def postgres_migrated(postgres_url: str) -> Iterator[tuple[str, str]]:
         _in_own_loop(_drop_postgres_database(postgres_url, name))
 
 
+# The session's started pool on the migrated PostgreSQL database: one pool, not one a test.
+_shared_postgres: dict[str, Database] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _close_shared_postgres() -> AsyncIterator[None]:
+    yield
+    for shared in _shared_postgres.values():
+        await shared.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database on each backend, at the latest schema."""
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A started connection to an empty database at the latest schema, on each backend."""
     if request.param == "sqlite":
         path = tmp_path / "gatekeeper.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:{path}"
+        async with _started(f"sqlite:{path}") as db:
+            yield db
+        return
     url, emptying = request.getfixturevalue("postgres_migrated")
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(emptying)
-    finally:
-        await conn.close()
-    return str(url)
-
-
-@pytest.fixture
-async def db(migrated_db_url: str) -> AsyncIterator[Database]:
-    """A started connection to an empty database at the latest schema."""
-    async with _started(migrated_db_url) as db:
-        yield db
+    shared = _shared_postgres.get(url)
+    if shared is None:
+        shared = _shared_postgres[url] = create_database(DatabaseConfig(url=url))
+        await shared.start()
+    await shared.execute(emptying)
+    yield shared
 
 
 # --- Synapse and its users ---------------------------------------------------------------
