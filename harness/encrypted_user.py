@@ -97,11 +97,18 @@ class EncryptedUser:
         return user
 
     async def close(self) -> None:
+        """Stop syncing and log out, which deletes the device. Left behind, devices pile up
+        on the account, and each message's room key goes to all of them: past 20, nio sends
+        it in parallel requests, and Synapse can then lose the one to the bot's device
+        (docs/operator-guide.md, "Encrypted admin rooms")."""
         if self._sync is not None:
             self._sync.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sync
-        await self.client.close()
+        try:
+            await self.client.logout()
+        finally:
+            await self.client.close()
 
     async def _on_event(self, room: Any, event: Any) -> None:
         if isinstance(event, MegolmEvent):
