@@ -61,6 +61,30 @@ def _check_port(value: int) -> int:
     return value
 
 
+class MasConfig(Section):
+    """matrix-authentication-service, where a Synapse with MAS keeps its accounts."""
+
+    url: str
+    client_id: str
+    client_secret: SecretStr
+    # If set, the settings page sends people here to change their password and email.
+    account_url: str | None = None
+
+    _url = field_validator("url")(_check_http_url)
+
+    @field_validator("account_url")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("client_id")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class HomeserverConfig(Section):
     address: str
     domain: str
@@ -70,6 +94,8 @@ class HomeserverConfig(Section):
     # Without admin_token, Gatekeeper makes this server admin with the shared secret.
     admin_user: str = "gatekeeper-admin"
     request_timeout: float = 30.0
+    # Accounts live in MAS: Synapse's shared secret and admin token are not used then.
+    mas: MasConfig | None = None
 
     _address = field_validator("address")(_check_http_url)
     _admin_user = field_validator("admin_user")(_check_localpart)
@@ -128,6 +154,8 @@ class AdminRoomConfig(Section):
     command_prefix: str = "!"
     encryption: bool = True
     encrypt_created_room: bool = True
+    # !suspend, !deactivate, !whois: accounts made through Gatekeeper only, unless true.
+    moderate_all_local_users: bool = False
 
     @field_validator("room")
     @classmethod
@@ -284,6 +312,9 @@ class RegistrationConfig(Section):
     allowed_email_domains: list[str] = []
     denied_email_domains: list[str] = []
     tell_room_about_blocked: bool = True
+    # at_sign_up: the form asks for the password, kept encrypted until the account exists.
+    # after_approval: never asked nor kept; the welcome mail links to a page that sets it.
+    password: Literal["at_sign_up", "after_approval"] = "at_sign_up"  # noqa: S105 (a mode)
 
 
 class AntibotConfig(Section):
@@ -361,6 +392,7 @@ class Config(Section):
             self.appservice.hs_token,
             self.homeserver.registration_shared_secret,
             self.homeserver.admin_token,
+            self.homeserver.mas.client_secret if self.homeserver.mas else None,
             self.web.admin_api_token,
             self.smtp.password,
             *self.security.encryption_keys,
@@ -486,6 +518,13 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
             f"antibot.{key}: needed when antibot.captcha is {config.antibot.captcha}"
             for key in ("captcha_site_key", "captcha_secret")
             if getattr(config.antibot, key) is None
+        ]
+    if config.homeserver.mas is not None:
+        problems += [
+            f"homeserver.{key}: not used with homeserver.mas (MAS makes and changes the "
+            "accounts; Synapse refuses shared-secret registration then): remove it"
+            for key in ("registration_shared_secret", "admin_token")
+            if getattr(config.homeserver, key) is not None
         ]
     if problems:
         raise ConfigError(problems)

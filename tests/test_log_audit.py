@@ -20,7 +20,7 @@ import pyotp
 import pytest
 from mautrix.types import PaginationDirection, RoomID
 
-from gatekeeper.appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY
+from gatekeeper.appservice.homeserver.synapse_admin import ADMIN_TOKEN_STATE_KEY, SynapseAdmin
 from gatekeeper.appservice.runtime.program import Gatekeeper
 from gatekeeper.appservice.storage.bot_state import BotState, SealedState
 from harness.matrix_user import MatrixUser, wait_until
@@ -230,12 +230,14 @@ async def test_no_secret_in_any_log_or_admin_message(
     room_id = await run_main_flows(gatekeeper, ivo, alice, smtp, synapse, secrets)
     await wait_until(lambda: no_unsent_mail(gatekeeper))
     if homeserver_access == "shared_secret_only":
+        synapse_admin = gatekeeper.accounts
+        assert isinstance(synapse_admin, SynapseAdmin)
         sealed = SealedState(BotState(gatekeeper.db), gatekeeper.started.box)
         admin_user_token = await sealed.get(
-            f"{ADMIN_TOKEN_STATE_KEY} {gatekeeper.synapse.admin_user_id}"
+            f"{ADMIN_TOKEN_STATE_KEY} {synapse_admin.admin_user_id}"
         )
         assert admin_user_token is not None  # the flows used it
-        secrets.add(admin_user_token, gatekeeper.synapse.admin_user_password())
+        secrets.add(admin_user_token, synapse_admin.admin_user_password())
 
     # The capture saw the flows at DEBUG, from us and from the libraries underneath.
     debug_from = {r.name for r in every_log_record.records if r.levelno == logging.DEBUG}

@@ -16,10 +16,11 @@ from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
 from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registration_request import NewRequest, RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations
-from gatekeeper.appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.homeserver.account_backend import (
+    AccountBackend,
     AccountTaken,
     HomeserverUnavailable,
-    SynapseAdmin,
+    NewAccount,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
@@ -32,18 +33,19 @@ INITIAL_S, MAX_S, MAX_ATTEMPTS = 10.0, 30.0, 4
 Answer = str | Exception  # a user ID made, or what create_account raises
 
 
-class FakeSynapse:
-    """Just what the provisioner calls on a SynapseAdmin: answers queued by the test."""
+class FakeBackend:
+    """Just what the provisioner calls on an account backend: answers queued by the test."""
 
     def __init__(self) -> None:
         self.answers: list[Answer] = []
-        self.created: list[tuple[str, str, str, str]] = []
+        self.created: list[tuple[str, str | None, str | None, str | None]] = []
         self.joined: list[tuple[str, str]] = []
+        self.can_join_users = False
 
-    async def create_account(
-        self, localpart: str, password: str, *, displayname: str, email: str
-    ) -> str:
-        self.created.append((localpart, password, displayname, email))
+    async def create_account(self, account: NewAccount) -> str:
+        self.created.append(
+            (account.localpart, account.password, account.displayname, account.email)
+        )
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -80,7 +82,7 @@ class Clock:
 class Setup:
     registrations: Registrations
     store: RegistrationStore
-    synapse: FakeSynapse
+    synapse: FakeBackend
     mail: FakeMail
     box: SecretBox
     clock: Clock
@@ -115,7 +117,7 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
     monkeypatch.setattr(timeutil, "time", clock)
     store = RegistrationStore(db)
     registrations = Registrations(store)
-    synapse, mail = FakeSynapse(), FakeMail()
+    synapse, mail = FakeBackend(), FakeMail()
     config = example_config(
         registration={
             "retry_initial_seconds": INITIAL_S,
@@ -131,12 +133,12 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
         invited.append((user_id, room))
 
     def make(admin_token: str | None = None) -> Provisioner:
-        homeserver = config.homeserver.model_copy(update={"admin_token": admin_token})
+        synapse.can_join_users = admin_token is not None
         return Provisioner(
-            config.model_copy(update={"homeserver": homeserver}),
+            config,
             registrations,
             store,
-            cast(SynapseAdmin, synapse),
+            cast(AccountBackend, synapse),
             box,
             cast(ApplicantMail, mail),
             invite,

@@ -116,7 +116,7 @@ async def test_approve_and_reject_by_command(
     rejection = await smtp.wait_for(cal.email, "spam, sorry")
     assert cal.user_id in rejection.get_content()
     assert not await can_log_in(synapse.url, cal)
-    assert (await gatekeeper.synapse.username_available(cal.localpart)).name == "AVAILABLE"
+    assert (await gatekeeper.accounts.username_available(cal.localpart)).name == "AVAILABLE"
 
     shown = await alice.reply_to(room_id, f"!show {cal_id}", BOT)
     assert f"pending → rejected by {alice.user_id} (spam, sorry)" in shown

@@ -11,7 +11,7 @@ import pytest
 
 from gatekeeper.appservice.domain.errors import FieldErrors
 from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS, SignUpForm, SignUps, valid_email
-from gatekeeper.appservice.homeserver.synapse_admin import Availability
+from gatekeeper.appservice.homeserver.account_backend import Availability
 from tests.example_config import example_config
 
 GOOD: dict[str, Any] = {

@@ -17,14 +17,14 @@ from pydantic import SecretStr
 from ruamel.yaml import YAML
 
 from gatekeeper.appservice.config import HomeserverConfig
-from gatekeeper.appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.homeserver.account_backend import (
     AccountTaken,
     Availability,
     HomeserverUnavailable,
+    NewAccount,
     ProvisioningRefused,
-    SynapseAdmin,
-    _json_object,
 )
+from gatekeeper.appservice.homeserver.synapse_admin import SynapseAdmin, _json_object
 from harness.net import free_port
 from tests.conftest import SERVER_NAME, Homeserver
 
@@ -169,13 +169,20 @@ async def test_shared_secret_creates_an_account_once(
 ) -> None:
     client = shared_secret_client
     localpart, password = fresh_localpart(), fresh_password()
-    user_id = await client.create_account(localpart, password, "Applicant", None)
+    user_id = await client.create_account(
+        NewAccount(localpart, password, "Applicant", None, approved_at_ms=0)
+    )
     assert user_id == synapse.user_id(localpart)
     assert await client.login_works(user_id, password)
     assert not await client.login_works(user_id, "not the password")
 
     # A retry whose first answer was lost: the account is recognised as ours.
-    assert await client.create_account(localpart, password, "Applicant", None) == user_id
+    assert (
+        await client.create_account(
+            NewAccount(localpart, password, "Applicant", None, approved_at_ms=0)
+        )
+        == user_id
+    )
     status, body = await call(
         synapse, "GET", f"/_synapse/admin/v2/users?name={localpart}", admin_token
     )
@@ -192,7 +199,9 @@ async def test_shared_secret_creates_an_account_once(
     assert body == {"displayname": "Applicant"}
 
     with pytest.raises(AccountTaken) as raised:
-        await client.create_account(localpart, "someone else's password", None, None)
+        await client.create_account(
+            NewAccount(localpart, "someone else's password", None, None, approved_at_ms=0)
+        )
     assert raised.value.errcode == "M_USER_IN_USE"
 
 
@@ -205,7 +214,9 @@ async def test_a_wrong_shared_secret_is_refused_without_showing_secrets(
     )
     async with started(config) as client:
         with pytest.raises(ProvisioningRefused) as raised:
-            await client.create_account(fresh_localpart(), password, None, None)
+            await client.create_account(
+                NewAccount(fresh_localpart(), password, None, None, approved_at_ms=0)
+            )
     assert raised.value.status == 403
     assert "registration_shared_secret" in str(raised.value)
     assert secret not in str(raised.value)
@@ -216,7 +227,9 @@ async def test_without_any_secret_accounts_cannot_be_made(synapse: Homeserver) -
     config = HomeserverConfig(address=synapse.url, domain=SERVER_NAME)
     async with started(config) as client:
         with pytest.raises(ProvisioningRefused) as raised:
-            await client.create_account(fresh_localpart(), fresh_password(), None, None)
+            await client.create_account(
+                NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+            )
         assert raised.value.errcode == "GK_NOT_CONFIGURED"
         assert "homeserver.registration_shared_secret" in str(raised.value)
         assert "homeserver.admin_token" in str(raised.value)
@@ -235,7 +248,9 @@ async def test_shared_secret_alone_changes_passwords_and_emails(
     """Through Gatekeeper's own admin user, registered with the shared secret."""
     client = shared_secret_client
     localpart, password, changed = fresh_localpart(), fresh_password(), fresh_password()
-    user_id = await client.create_account(localpart, password, None, None)
+    user_id = await client.create_account(
+        NewAccount(localpart, password, None, None, approved_at_ms=0)
+    )
     await client.set_password(user_id, changed, logout_devices=False)
     assert await client.login_works(user_id, changed)
     assert not await client.login_works(user_id, password)
@@ -281,7 +296,9 @@ async def test_admin_api_sets_display_name_and_email(
 ) -> None:
     localpart, password = fresh_localpart(), fresh_password()
     email = f"{localpart}@example.org"
-    user_id = await admin_client.create_account(localpart, password, "Ada Applicant", email)
+    user_id = await admin_client.create_account(
+        NewAccount(localpart, password, "Ada Applicant", email, approved_at_ms=0)
+    )
     assert user_id == synapse.user_id(localpart)
     assert await admin_client.login_works(user_id, password)
 
@@ -305,13 +322,22 @@ async def test_admin_api_retry_never_resets_a_changed_password(
     admin_client: SynapseAdmin, synapse: Homeserver
 ) -> None:
     localpart, password, changed = fresh_localpart(), fresh_password(), fresh_password()
-    user_id = await admin_client.create_account(localpart, password, None, None)
+    user_id = await admin_client.create_account(
+        NewAccount(localpart, password, None, None, approved_at_ms=0)
+    )
     # A retry before anything changed is recognised as ours.
-    assert await admin_client.create_account(localpart, password, None, None) == user_id
+    assert (
+        await admin_client.create_account(
+            NewAccount(localpart, password, None, None, approved_at_ms=0)
+        )
+        == user_id
+    )
 
     await admin_client.set_password(user_id, changed, logout_devices=True)
     with pytest.raises(AccountTaken):
-        await admin_client.create_account(localpart, password, None, None)
+        await admin_client.create_account(
+            NewAccount(localpart, password, None, None, approved_at_ms=0)
+        )
     assert await admin_client.login_works(user_id, changed)
     assert not await admin_client.login_works(user_id, password)
 
@@ -324,7 +350,9 @@ async def test_join_room_with_the_admin_api(
     )
     assert status == 200
     room_id = body["room_id"]
-    user_id = await admin_client.create_account(fresh_localpart(), fresh_password(), None, None)
+    user_id = await admin_client.create_account(
+        NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+    )
     await admin_client.join_room(user_id, room_id)
     status, body = await call(
         synapse, "GET", f"/_matrix/client/v3/rooms/{quoted(room_id)}/joined_members", admin_token
@@ -369,7 +397,9 @@ async def test_an_unreachable_homeserver_is_unavailable() -> None:
         with pytest.raises(HomeserverUnavailable):
             await client.username_available(fresh_localpart())
         with pytest.raises(HomeserverUnavailable) as raised:
-            await client.create_account(fresh_localpart(), fresh_password(), None, None)
+            await client.create_account(
+                NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+            )
     secret = config.registration_shared_secret
     assert secret is not None
     assert secret.get_secret_value() not in str(raised.value)
@@ -386,7 +416,9 @@ async def test_a_hanging_homeserver_times_out_quickly() -> None:
         try:
             for attempt in (
                 lambda: client.username_available(fresh_localpart()),
-                lambda: client.create_account(fresh_localpart(), fresh_password(), None, None),
+                lambda: client.create_account(
+                    NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+                ),
             ):
                 began = time.monotonic()
                 with pytest.raises(HomeserverUnavailable, match=r"no answer within 0\.5 s"):
@@ -414,7 +446,9 @@ async def test_server_errors_and_rate_limits_are_retriable(
 
     async with fake_homeserver(answer) as address, started(config_at(address)) as client:
         with pytest.raises(HomeserverUnavailable, match=f"HTTP {status}") as raised:
-            await client.create_account(fresh_localpart(), fresh_password(), None, None)
+            await client.create_account(
+                NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+            )
     assert raised.value.retry_after == retry_after
 
 

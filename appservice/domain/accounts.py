@@ -18,10 +18,10 @@ from gatekeeper.appservice.domain.errors import FieldErrors
 from gatekeeper.appservice.domain.passwords import PasswordHasher, password_problem
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.signup import valid_email
-from gatekeeper.appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.homeserver.account_backend import (
+    AccountBackend,
     HomeserverUnavailable,
     ProvisioningRefused,
-    SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.mail_tokens import (
@@ -84,7 +84,7 @@ class Accounts:
         limiter: RateLimiter,
         lockout: Lockout,
         mail: ApplicantMail,
-        synapse: SynapseAdmin,
+        backend: AccountBackend,
         box: SecretBox,
     ) -> None:
         self.config = config
@@ -96,7 +96,7 @@ class Accounts:
         self.limiter = limiter
         self.lockout = lockout
         self.mail = mail
-        self.synapse = synapse
+        self.backend = backend
         self.box = box
         self.login_limit = Limit(config.security.login_attempts_per_minute, 60)
         self._background: set[asyncio.Task[None]] = set()
@@ -221,7 +221,7 @@ class Accounts:
         return await self._on_matrix(
             current,
             "password",
-            lambda user_id: self.synapse.set_password(
+            lambda user_id: self.backend.set_password(
                 user_id, password, self.config.web.logout_matrix_devices_on_password_change
             ),
         )
@@ -288,7 +288,7 @@ class Accounts:
         assert changed is not None
         await self.mail.email_changed(changed, old_email)
         outcome = await self._on_matrix(
-            changed, "email", lambda user_id: self.synapse.set_email(user_id, changed.email)
+            changed, "email", lambda user_id: self.backend.set_email(user_id, changed.email)
         )
         if outcome is MatrixOutcome.UNCHANGED:
             return "matrix-unchanged", changed.email

@@ -1,4 +1,4 @@
-"""Creating approved accounts on Synapse from the persistent queue, with back-off."""
+"""Creating approved accounts (on Synapse or MAS) from the persistent queue, with back-off."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest
 from gatekeeper.appservice.domain.registrations import Registrations
-from gatekeeper.appservice.homeserver.synapse_admin import (
+from gatekeeper.appservice.homeserver.account_backend import (
+    AccountBackend,
     AccountTaken,
     HomeserverUnavailable,
+    NewAccount,
     ProvisioningRefused,
-    SynapseAdmin,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox, TamperedSecret
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
@@ -31,16 +32,15 @@ class Provisioner:
         config: Config,
         registrations: Registrations,
         store: RegistrationStore,
-        synapse: SynapseAdmin,
+        backend: AccountBackend,
         box: SecretBox,
         mail: ApplicantMail,
         invite: Inviter,
     ) -> None:
         self.config = config.registration
-        self.has_admin_token = config.homeserver.admin_token is not None
         self.registrations = registrations
         self.store = store
-        self.synapse = synapse
+        self.backend = backend
         self.box = box
         self.mail = mail
         self.invite = invite
@@ -66,8 +66,14 @@ class Provisioner:
             )
             return
         try:
-            user_id = await self.synapse.create_account(
-                request.localpart, password, displayname=request.localpart, email=request.email
+            user_id = await self.backend.create_account(
+                NewAccount(
+                    request.localpart,
+                    password,
+                    displayname=request.localpart,
+                    email=request.email,
+                    approved_at_ms=request.decided_at or request.created_at,
+                )
             )
         except AccountTaken:
             await self.registrations.fail_provisioning(
@@ -102,8 +108,8 @@ class Provisioner:
     async def _join_newcomer_rooms(self, user_id: str) -> None:
         for room in self.config.newcomer_rooms:
             try:
-                if self.has_admin_token:
-                    await self.synapse.join_room(user_id, room)
+                if self.backend.can_join_users:
+                    await self.backend.join_room(user_id, room)
                 else:
                     await self.invite(user_id, room)
             except Exception:

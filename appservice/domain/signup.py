@@ -33,7 +33,7 @@ from gatekeeper.appservice.domain.registrations import (
     NameAlreadyRequested,
     Registrations,
 )
-from gatekeeper.appservice.homeserver.synapse_admin import Availability, SynapseAdmin
+from gatekeeper.appservice.homeserver.account_backend import AccountBackend, Availability
 from gatekeeper.appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.database import transaction
@@ -97,7 +97,7 @@ class SignUps:
         config: Config,
         registrations: Registrations,
         store: RegistrationStore,
-        synapse: SynapseAdmin,
+        backend: AccountBackend,
         hasher: PasswordHasher,
         box: SecretBox,
         mail: ApplicantMail,
@@ -109,7 +109,7 @@ class SignUps:
         self.config = config
         self.registrations = registrations
         self.store = store
-        self.synapse = synapse
+        self.backend = backend
         self.hasher = hasher
         self.box = box
         self.mail = mail
@@ -168,7 +168,7 @@ class SignUps:
     async def check_name_free(self, localpart: str) -> None:
         if await self.store.name_requested(localpart):
             raise FieldErrors({"userName": "is already taken"})
-        availability = await self.synapse.username_available(localpart)
+        availability = await self.backend.username_available(localpart)
         if availability is Availability.TAKEN:
             raise FieldErrors({"userName": "is already taken"})
         if availability is Availability.RESERVED:

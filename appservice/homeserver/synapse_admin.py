@@ -12,12 +12,12 @@ answers 401.
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import hmac
 import json
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -25,6 +25,14 @@ from urllib.parse import quote
 import aiohttp
 
 from gatekeeper.appservice.config import HomeserverConfig
+from gatekeeper.appservice.homeserver.account_backend import (
+    AccountStatus,
+    AccountTaken,
+    Availability,
+    HomeserverUnavailable,
+    NewAccount,
+    ProvisioningRefused,
+)
 from gatekeeper.appservice.matrix_ids import LOCALPART_RE, user_id, user_id_fits
 
 log = logging.getLogger("gatekeeper.synapse")
@@ -38,34 +46,6 @@ _DEVICE_NAME = "Gatekeeper password check"
 _ADMIN_DEVICE_ID = "GATEKEEPER_ADMIN"
 _ADMIN_DEVICE_NAME = "Gatekeeper (password and email changes)"
 ADMIN_TOKEN_STATE_KEY = "synapse_admin_token"  # noqa: S105 (a key name)
-
-
-class HomeserverUnavailable(Exception):
-    """The homeserver did not answer usefully (connection, timeout, 5xx, 429): retry later."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ProvisioningRefused(Exception):
-    """The homeserver refused for good (a 4xx); `errcode` is Synapse's, or a GK_* of ours."""
-
-    def __init__(self, errcode: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.errcode = errcode
-        self.status = status
-
-
-class AccountTaken(ProvisioningRefused):
-    """The user ID exists and the applicant's password does not open it."""
-
-
-class Availability(enum.Enum):
-    AVAILABLE = "available"
-    TAKEN = "taken"
-    INVALID = "invalid"
-    RESERVED = "reserved"  # in an appservice's exclusive namespace
 
 
 _ERRCODE_AVAILABILITY = {
@@ -229,41 +209,49 @@ class SynapseAdmin:
 
     # --- accounts --------------------------------------------------------------------------
 
-    async def create_account(
-        self, localpart: str, password: str, displayname: str | None, email: str | None
-    ) -> str:
-        """Create the account, or accept the one an earlier attempt made; return its user ID."""
+    @property
+    def can_join_users(self) -> bool:
+        return self._admin_token is not None
+
+    async def create_account(self, account: NewAccount) -> str:
+        """Create the account, or adopt the one an earlier attempt made; return its user ID.
+
+        With a password, an existing account is ours if that password opens it. Without one
+        (registration.password: after_approval), it is ours if it was made after the
+        approval: the name was held for the request from sign-up on."""
+        localpart = account.localpart
         # Synapse applies its other rules itself; this one keeps the user ID we compute
         # (and the shared-secret MAC, over the name as sent) equal to what Synapse stores.
         if not LOCALPART_RE.match(localpart):
             raise ProvisioningRefused(
                 "M_INVALID_USERNAME", f"{localpart!r} is not a valid Matrix localpart"
             )
-        user_id = self.user_id(localpart)
         if self._admin_token is not None:
-            return await self._create_with_admin_api(user_id, password, displayname, email)
+            return await self._create_with_admin_api(account)
         if self._shared_secret is not None:
-            return await self._create_with_shared_secret(localpart, password, displayname)
+            return await self._create_with_shared_secret(account)
         raise self._not_configured("create accounts")
 
-    async def _create_with_admin_api(
-        self, user_id: str, password: str, displayname: str | None, email: str | None
-    ) -> str:
+    async def _create_with_admin_api(self, account: NewAccount) -> str:
         assert self._admin_token is not None
+        user_id = self.user_id(account.localpart)
         path = f"/_synapse/admin/v2/users/{_path_part(user_id)}"
         what = f"looking up {user_id} (admin API)"
         answer = await self._request("GET", path, token=self._admin_token, what=what)
         if answer.status == 200:
-            return await self._accept_if_ours(user_id, password)
+            return await self._adopt_if_ours(user_id, account, answer.body)
         if answer.status != 404 or answer.errcode != "M_NOT_FOUND":
             raise answer.refused(what)
         # The PUT is an upsert: it goes out only for a user that did not exist a moment ago,
-        # so a retry never resets a password the user has changed since.
-        body: dict[str, Any] = {"password": password}
-        if displayname is not None:
-            body["displayname"] = displayname
-        if email is not None:
-            body["threepids"] = [{"medium": "email", "address": email}]
+        # so a retry never resets a password the user has changed since. Without a password
+        # the account has none that works until the person sets one.
+        body: dict[str, Any] = {}
+        if account.password is not None:
+            body["password"] = account.password
+        if account.displayname is not None:
+            body["displayname"] = account.displayname
+        if account.email is not None:
+            body["threepids"] = [{"medium": "email", "address": account.email}]
         what = f"creating {user_id} (admin API)"
         answer = await self._request(
             "PUT", path, token=self._admin_token, json_body=body, what=what
@@ -280,20 +268,21 @@ class SynapseAdmin:
             raise answer.refused(what, AccountTaken)
         raise answer.refused(what)
 
-    async def _create_with_shared_secret(
-        self, localpart: str, password: str, displayname: str | None
-    ) -> str:
-        user_id = self.user_id(localpart)
+    async def _create_with_shared_secret(self, account: NewAccount) -> str:
+        user_id = self.user_id(account.localpart)
         what = f"registering {user_id} (shared secret)"
+        # Shared-secret registration needs a password: without the applicant's, one that is
+        # never kept and that nobody knows, which leaves the account without a usable one.
+        password = account.password or secrets.token_urlsafe(32)
         # No device and access token: Gatekeeper never acts as the user.
         answer = await self._register_with_shared_secret(
-            localpart, password, displayname, admin=False, what=what
+            account.localpart, password, account.displayname, admin=False, what=what
         )
         if answer.status == 200:
             log.info("Created %s by shared-secret registration", user_id)
             return str(answer.body.get("user_id", user_id))
         if answer.status == 400 and answer.errcode == "M_USER_IN_USE":
-            return await self._accept_if_ours(user_id, password)
+            return await self._adopt_if_ours(user_id, account, None)
         raise answer.refused(what)
 
     async def _register_with_shared_secret(
@@ -328,16 +317,36 @@ class SynapseAdmin:
             )
         return answer
 
-    async def _accept_if_ours(self, user_id: str, password: str) -> str:
-        if await self._is_ours(user_id, password):
-            log.info("%s already exists and opens with the applicant's password", user_id)
-            return user_id
-        raise AccountTaken("M_USER_IN_USE", f"{user_id} already exists and is not ours")
-
-    async def _is_ours(self, user_id: str, password: str) -> bool:
+    async def _adopt_if_ours(
+        self, user_id: str, account: NewAccount, details: dict[str, Any] | None
+    ) -> str:
         """An existing account is ours (made by an attempt whose answer was lost) if the
-        applicant's password opens it."""
-        return await self.login_works(user_id, password)
+        applicant's password opens it, or, without one, if it was made after the approval."""
+        if account.password is not None:
+            ours = await self.login_works(user_id, account.password)
+        else:
+            if details is None:
+                details = await self._user_details(user_id)
+            ours = _created_ms(details) >= account.approved_at_ms
+        if not ours:
+            raise AccountTaken("M_USER_IN_USE", f"{user_id} already exists and is not ours")
+        log.info("%s already exists and was made by an earlier attempt: adopted", user_id)
+        return user_id
+
+    async def _user_details(self, user_id: str) -> dict[str, Any]:
+        """The admin API's view of an account (empty if there is none)."""
+        what = f"looking up {user_id} (admin API)"
+        token = await self._admin_token_for("look up accounts")
+        path = f"/_synapse/admin/v2/users/{_path_part(user_id)}"
+        answer = await self._request("GET", path, token=token, what=what)
+        if answer.status == 401 and self._admin_token is None:
+            token = await self._own_admin_token(stale=token)
+            answer = await self._request("GET", path, token=token, what=what)
+        if answer.status == 404:
+            return {}
+        if answer.status != 200:
+            raise answer.refused(what)
+        return answer.body
 
     async def login_works(self, user_id: str, password: str) -> bool:
         """Whether the password logs in; the session it opens is closed again at once."""
@@ -409,6 +418,34 @@ class SynapseAdmin:
             "POST",
             f"/_synapse/admin/v1/join/{_path_part(room_id_or_alias)}",
             {"user_id": user_id},
+        )
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> None:
+        await self._admin_call(
+            "suspend accounts",
+            f"{'suspending' if suspended else 'unsuspending'} {user_id}",
+            "PUT",
+            f"/_synapse/admin/v1/suspend/{_path_part(user_id)}",
+            {"suspend": suspended},
+        )
+
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        await self._admin_call(
+            "deactivate accounts",
+            f"deactivating {user_id}",
+            "POST",
+            f"/_synapse/admin/v1/deactivate/{_path_part(user_id)}",
+            {"erase": erase},
+        )
+
+    async def account_status(self, user_id: str) -> AccountStatus:
+        details = await self._user_details(user_id)
+        if not details:
+            return AccountStatus(exists=False)
+        return AccountStatus(
+            exists=True,
+            suspended=bool(details.get("suspended")),
+            deactivated=bool(details.get("deactivated")),
         )
 
     async def _admin_call(
@@ -560,6 +597,15 @@ class SynapseAdmin:
                 status,
             )
         return _Answer(status, body)
+
+
+def _created_ms(details: dict[str, Any]) -> int:
+    """The account's creation time in ms (Synapse's admin API gives it in ms or, in older
+    versions, in seconds); 0 if unknown, which never counts as ours."""
+    created = details.get("creation_ts")
+    if not isinstance(created, int):
+        return 0
+    return created * 1000 if created < 10**11 else created
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

@@ -26,13 +26,14 @@ from gatekeeper.appservice.domain.passwords import PasswordHasher
 from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.domain.signup import SignUps
+from gatekeeper.appservice.homeserver.account_backend import AccountBackend
 from gatekeeper.appservice.homeserver.appservice_listener import GatekeeperAppService
+from gatekeeper.appservice.homeserver.backends import account_backend
 from gatekeeper.appservice.homeserver.encryption import (
     BotEncryption,
     EncryptionUnavailable,
     RoomMessages,
 )
-from gatekeeper.appservice.homeserver.synapse_admin import SynapseAdmin
 from gatekeeper.appservice.runtime.leadership import Leadership, leadership_for
 from gatekeeper.appservice.runtime.mailer import Mailer
 from gatekeeper.appservice.runtime.monitoring import Monitoring
@@ -99,7 +100,7 @@ class Core:
     mailer: Mailer
     mail: ApplicantMail
     decisions: Decisions
-    synapse: SynapseAdmin
+    accounts: AccountBackend
     gate: Gate
     leadership: Leadership
     monitoring: Monitoring
@@ -149,8 +150,8 @@ class Gatekeeper:
         return self.started.registrations
 
     @property
-    def synapse(self) -> SynapseAdmin:
-        return self.started.synapse
+    def accounts(self) -> AccountBackend:
+        return self.started.accounts
 
     @property
     def mailer(self) -> Mailer:
@@ -181,16 +182,12 @@ class Gatekeeper:
             mailer=mailer,
             mail=mail,
             decisions=Decisions(config.registration, registrations, mail),
-            synapse=SynapseAdmin(
-                config.homeserver,
-                config.appservice.as_token.get_secret_value(),
-                SealedState(BotState(db), box),
-            ),
+            accounts=account_backend(config, SealedState(BotState(db), box)),
             gate=Gate(db, config.registration, BotState(db), room_note=self._room_note),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),
         )
-        await core.synapse.start()
+        await core.accounts.start()
 
         # Active before the web endpoint opens: whatever it changes is heard at once.
         if await leadership.try_acquire():
@@ -210,7 +207,7 @@ class Gatekeeper:
             config,
             core.registrations,
             core.store,
-            core.synapse,
+            core.accounts,
             hasher,
             core.box,
             core.mail,
@@ -235,7 +232,7 @@ class Gatekeeper:
                 config.security.lockout_max_wait_seconds,
             ),
             core.mail,
-            core.synapse,
+            core.accounts,
             core.box,
         )
         cookies = Cookies(config)
@@ -346,7 +343,7 @@ class Gatekeeper:
             config,
             core.registrations,
             core.store,
-            core.synapse,
+            core.accounts,
             core.box,
             core.mail,
             bot.invite_newcomer,
@@ -502,7 +499,7 @@ class Gatekeeper:
         core, self.core = self.core, None
         if core is not None:
             await core.monitoring.close()
-            await core.synapse.close()
+            await core.accounts.close()
             # Closing its connection hands the active role to a waiting process.
             await core.leadership.close()
             await stop_database(core.db)

@@ -24,7 +24,7 @@ from gatekeeper.appservice.domain.errors import (
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
 from gatekeeper.appservice.domain.signup import SignUps
-from gatekeeper.appservice.homeserver.synapse_admin import HomeserverUnavailable
+from gatekeeper.appservice.homeserver.account_backend import HomeserverUnavailable
 from gatekeeper.appservice.runtime.monitoring import Monitoring
 from gatekeeper.appservice.storage.database import DATABASE_UNAVAILABLE
 from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
