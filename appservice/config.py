@@ -316,6 +316,10 @@ class RegistrationConfig(Section):
     # after_approval: never asked nor kept; the welcome mail links to a page that sets it.
     password: Literal["at_sign_up", "after_approval"] = "at_sign_up"  # noqa: S105 (a mode)
 
+    @property
+    def password_after_approval(self) -> bool:
+        return self.password == "after_approval"  # noqa: S105 (a mode, not a password)
+
 
 class AntibotConfig(Section):
     proof_of_work: bool = False

@@ -99,6 +99,7 @@ class Accounts:
         self.backend = backend
         self.box = box
         self.login_limit = Limit(config.security.login_attempts_per_minute, 60)
+        self.password_after_approval = config.registration.password_after_approval
         self._background: set[asyncio.Task[None]] = set()
 
     async def _check_password(
@@ -112,7 +113,8 @@ class Accounts:
         except RateLimited as limited:
             locked_until = now_ms() + limited.retry_after * 1000
         request = await self.store.for_login(email)
-        if request is None:
+        if request is None or not request.password_hash:
+            # Unknown, or no password set yet: the same work, so the time tells nothing.
             await self.hasher.verify_dummy(password)
             right = False
         else:
@@ -209,8 +211,11 @@ class Accounts:
     async def _set_password(
         self, request: RegistrationRequest, password: str, keep: Session | None
     ) -> MatrixOutcome:
+        # After approval, nothing reversible about a password is ever kept: the account is
+        # made without one and gets it from the person directly.
+        encrypted = None if self.password_after_approval else self.box.encrypt(password)
         account_to_come = await self.store.set_password(
-            request.id, await self.hasher.hash(password), self.box.encrypt(password)
+            request.id, await self.hasher.hash(password), encrypted
         )
         await self.tokens.void_tokens(request.id, RESET_PURPOSE)
         await self.sessions.end_all_others(request.id, keep)

@@ -38,6 +38,8 @@ class Provisioner:
         invite: Inviter,
     ) -> None:
         self.config = config.registration
+        # after_approval: the account is made without a usable password (none was asked).
+        self.password_after_approval = config.registration.password_after_approval
         self.registrations = registrations
         self.store = store
         self.backend = backend
@@ -58,13 +60,16 @@ class Provisioner:
         return None if due is None else (due - now_ms()) / 1000
 
     async def provision(self, request: RegistrationRequest) -> None:
-        try:
-            password = self.box.decrypt(request.password_encrypted or "")
-        except TamperedSecret:
-            await self.registrations.fail_provisioning(
-                request.id, "the stored password cannot be decrypted (key removed or data altered)"
-            )
-            return
+        password = None
+        if not self.password_after_approval:
+            try:
+                password = self.box.decrypt(request.password_encrypted or "")
+            except TamperedSecret:
+                await self.registrations.fail_provisioning(
+                    request.id,
+                    "the stored password cannot be decrypted (key removed or data altered)",
+                )
+                return
         try:
             user_id = await self.backend.create_account(
                 NewAccount(

@@ -66,7 +66,7 @@ class SignUpForm:
     localpart: str
     email: str
     language: str
-    password: str
+    password: str | None  # None: registration.password is after_approval
     reason: str
 
 
@@ -118,6 +118,7 @@ class SignUps:
         self.antibot = antibot
         self.captcha = captcha
         self.limit = Limit(config.security.signups_per_hour, 3600)
+        self.password_after_approval = config.registration.password_after_approval
 
     def user_id(self, localpart: str) -> str:
         return user_id(localpart, self.config.homeserver.domain)
@@ -131,7 +132,12 @@ class SignUps:
             _text(body, "language", errors, required=False)
             or (self.config.registration.languages[0])
         )
-        password = _text(body, "password", errors)
+        password: str | None = None
+        if not self.password_after_approval:
+            password = _text(body, "password", errors)
+        elif body.get("password") is not None:
+            # A client that sends one expects it used: say it is not, rather than drop it.
+            errors["password"] = "is not asked for here: you choose it after approval"  # noqa: S105
         reason = _text(body, "reason", errors, self.config.registration.require_reason).strip()
 
         if localpart and "userName" not in errors:
@@ -203,8 +209,10 @@ class SignUps:
             email=form.email,
             language=form.language,
             reason=form.reason,
-            password_hash=await self.hasher.hash(form.password),
-            password_encrypted=self.box.encrypt(form.password),
+            # Without a password, nothing about one is stored: no hash opens the account
+            # until the person sets a password with the welcome mail's link.
+            password_hash=await self.hasher.hash(form.password) if form.password else "",
+            password_encrypted=self.box.encrypt(form.password) if form.password else None,
             invite_id=invite.id if invite else None,
         )
         confirmed = not self.config.registration.require_email_confirmation

@@ -269,6 +269,7 @@ class Pages:
             closed=closed,
             message=message,
             require_reason=self.config.registration.require_reason,
+            ask_password=not self.config.registration.password_after_approval,
             antibot_pow=self.config.antibot.proof_of_work,
             antibot_honeypot=self.config.antibot.honeypot,
             captcha=PROVIDERS.get(self.config.antibot.captcha),
@@ -533,6 +534,10 @@ class Pages:
             user_id=account.user_id(self.config.homeserver.domain),
             sudo=self.sessions.has_sudo(session, self.cookies.get(request, SUDO_TOKEN)),
             tfa_enabled=await self.accounts.totp.is_enabled(account.id),
+            # MAS's own account pages, if the operator prefers them for these changes.
+            account_url=self.config.homeserver.mas.account_url
+            if self.config.homeserver.mas
+            else None,
             enrolment=enrolment,
             errors=self.translate_errors(lang, errors or {}),
             message=self.catalogue.text(lang, message_key, **params) if message_key else "",
