@@ -71,7 +71,7 @@ bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: install
-	$(BIN)/python -m harness.demo $(if $(ENCRYPTED),--encrypted)
+	$(BIN)/python -m harness.demo $(if $(ENCRYPTED),--encrypted) $(if $(AFTER_APPROVAL),--after-approval)
 
 # The references in docs/ are generated from the code; tests/test_docs.py checks they are current.
 docs: install

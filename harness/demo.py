@@ -129,11 +129,15 @@ class PrintMail:
         return "250 OK"
 
 
-def _gatekeeper_config(synapse: SynapseServer, ports: dict[str, int], encrypted: bool) -> Path:
-    """Write .demo/gatekeeper/config.yaml and its registration the first time."""
+def _gatekeeper_config(
+    synapse: SynapseServer, ports: dict[str, int], encrypted: bool, after_approval: bool
+) -> Path:
+    """Write .demo/gatekeeper/config.yaml and its registration the first time; the password
+    mode follows the flag on every run."""
     directory = DEMO / "gatekeeper"
     config_path = directory / "config.yaml"
     if config_path.exists():
+        _set_password_mode(config_path, after_approval)
         was = YAML(typ="safe").load(config_path.read_text())["admin_room"]["encrypt_created_room"]
         if was != encrypted:
             _say(
@@ -156,10 +160,24 @@ def _gatekeeper_config(synapse: SynapseServer, ports: dict[str, int], encrypted:
     config["admin_room"]["admins"] = [f"@{ADMIN}:{SERVER_NAME}"]
     # Plaintext by default, so that any client (even curl) can follow the room.
     config["admin_room"]["encrypt_created_room"] = encrypted
+    config["registration"]["password"] = _mode(after_approval)
     with config_path.open("w") as file:
         yaml.dump(config, file)
     generate_registration(config_path, directory / "registration.yaml")
     return config_path
+
+
+def _mode(after_approval: bool) -> str:
+    return "after_approval" if after_approval else "at_sign_up"
+
+
+def _set_password_mode(config_path: Path, after_approval: bool) -> None:
+    yaml = YAML()
+    config = yaml.load(config_path.read_text())
+    if config["registration"].get("password", "at_sign_up") != _mode(after_approval):
+        config["registration"]["password"] = _mode(after_approval)
+        with config_path.open("w") as file:
+            yaml.dump(config, file)
 
 
 async def _admin_room(admin: MatrixUser, gatekeeper: subprocess.Popen[bytes]) -> str:
@@ -189,7 +207,7 @@ async def _wait_for_web(web_url: str, gatekeeper: subprocess.Popen[bytes]) -> No
     raise SystemExit("Gatekeeper stopped; see .demo/gatekeeper/gatekeeper.log")
 
 
-async def main(encrypted: bool) -> int:
+async def main(encrypted: bool, after_approval: bool) -> int:
     # Every stop signal, from the start: whatever has started by then is stopped again.
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -197,12 +215,12 @@ async def main(encrypted: bool) -> int:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, main_task.cancel)
     try:
-        return await _run(encrypted)
+        return await _run(encrypted, after_approval)
     except asyncio.CancelledError:
         return 0
 
 
-async def _run(encrypted: bool) -> int:
+async def _run(encrypted: bool, after_approval: bool) -> int:
     DEMO.mkdir(exist_ok=True)
     await stop_stale_synapse(DEMO / "synapse")
     ports = _ports()
@@ -211,7 +229,7 @@ async def _run(encrypted: bool) -> int:
     synapse = SynapseServer(
         SynapseSettings(DEMO / "synapse", SERVER_NAME, ports["synapse"], (registration,))
     )
-    config_path = _gatekeeper_config(synapse, ports, encrypted)
+    config_path = _gatekeeper_config(synapse, ports, encrypted, after_approval)
     mail = Controller(PrintMail(DEMO / "mail.log"), hostname="127.0.0.1", port=ports["smtp"])
     mail.start()
     password = _read_or_create(DEMO / "admin-password", lambda: secrets.token_urlsafe(12))
@@ -247,7 +265,12 @@ async def _run(encrypted: bool) -> int:
             f"  admin room     : {room_id}  ({'end-to-end encrypted; ' if encrypted else ''}"
             "send !help there)\n"
             f"Sign-up page   : {web_url}/sign-up  (log in at {web_url}/login)\n"
-            "Mails (confirmation links) are shown here and kept in .demo/mail.log.\n"
+            + (
+                "Passwords      : chosen after approval, with the welcome mail's link\n"
+                if after_approval
+                else ""
+            )
+            + "Mails (confirmation links) are shown here and kept in .demo/mail.log.\n"
             f"Logs: {DEMO}/synapse/homeserver.log, {config_path.parent}/gatekeeper.log\n"
             "Press Ctrl-C (or close the terminal) to stop both.",
         )
@@ -277,4 +300,10 @@ if __name__ == "__main__":
         action="store_true",
         help="the admin room the bot creates is end-to-end encrypted (try it with Element)",
     )
-    sys.exit(asyncio.run(main(parser.parse_args().encrypted)))
+    parser.add_argument(
+        "--after-approval",
+        action="store_true",
+        help="registration.password: after_approval (the sign-up asks for no password)",
+    )
+    arguments = parser.parse_args()
+    sys.exit(asyncio.run(main(arguments.encrypted, arguments.after_approval)))

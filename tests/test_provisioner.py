@@ -60,9 +60,15 @@ class FakeMail:
 
     def __init__(self) -> None:
         self.welcomed: list[RegistrationRequest] = []
+        self.asked_to_set_password: list[RegistrationRequest] = []
 
     async def welcome(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
         self.welcomed.append(request)
+
+    async def welcome_set_password(
+        self, conn: LoggingConnection, request: RegistrationRequest
+    ) -> None:
+        self.asked_to_set_password.append(request)
 
 
 class Clock:
@@ -89,15 +95,17 @@ class Setup:
     make: Callable[..., Provisioner]
     invited: list[tuple[str, str]] = field(default_factory=list)
 
-    async def approved(self, localpart: str = "ann") -> RegistrationRequest:
+    async def approved(
+        self, localpart: str = "ann", with_password: bool = True
+    ) -> RegistrationRequest:
         request = await self.registrations.create(
             NewRequest(
                 localpart=localpart,
                 email=f"{localpart}@example.org",
                 language="en",
                 reason="",
-                password_hash="argon2-hash",
-                password_encrypted=self.box.encrypt(PASSWORD),
+                password_hash="argon2-hash" if with_password else "",
+                password_encrypted=self.box.encrypt(PASSWORD) if with_password else None,
             ),
             confirmed=True,
         )
@@ -150,6 +158,20 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
 async def step_at(setup: Setup, provisioner: Provisioner, at_ms: int) -> float | None:
     setup.clock.now = at_ms / 1000
     return await provisioner.step()
+
+
+async def test_without_a_password_the_account_has_none_and_the_mail_sets_it(
+    setup: Setup,
+) -> None:
+    request = await setup.approved(with_password=False)
+    setup.synapse.answers = ["@ann:example.org"]
+
+    await setup.make().step()
+
+    assert setup.synapse.created == [("ann", None, "ann", "ann@example.org")]
+    assert (await setup.get(request.id)).state is State.ACTIVE
+    assert [r.id for r in setup.mail.asked_to_set_password] == [request.id]
+    assert setup.mail.welcomed == []
 
 
 async def test_success_makes_the_account_and_forgets_the_password(setup: Setup) -> None:

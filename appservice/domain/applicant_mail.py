@@ -142,19 +142,20 @@ class ApplicantMail:
         self.mailer.wake()
 
     async def welcome(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
-        homeserver_url = self.config.homeserver.client_url
-        if not self.config.registration.password_after_approval:
-            await self._send(conn, request, "welcome", homeserver_url=homeserver_url)
-            return
-        # The account has no usable password yet: the reset link sets the first one, in the
-        # same transaction as the account's record, so the link and the account go together.
+        await self._send(conn, request, "welcome", homeserver_url=self.config.homeserver.client_url)
+
+    async def welcome_set_password(
+        self, conn: LoggingConnection, request: RegistrationRequest
+    ) -> None:
+        """The welcome of an account made without a usable password: its reset link sets
+        the first one. In the transaction that records the account, so both go together."""
         token = await self.tokens.issue_token(conn, request.id, RESET_PURPOSE, CONFIRM_LINK_MS)
         base = self.config.web.public_base_url
         await self._send(
             conn,
             request,
             "welcome_set_password",
-            homeserver_url=homeserver_url,
+            homeserver_url=self.config.homeserver.client_url,
             set_password_link=f"{base}/reset-password?token={token}",
             login_link=f"{base}/login",
             hours=str(CONFIRM_LINK_MS // 3_600_000),

@@ -38,8 +38,6 @@ class Provisioner:
         invite: Inviter,
     ) -> None:
         self.config = config.registration
-        # after_approval: the account is made without a usable password (none was asked).
-        self.password_after_approval = config.registration.password_after_approval
         self.registrations = registrations
         self.store = store
         self.backend = backend
@@ -60,10 +58,12 @@ class Provisioner:
         return None if due is None else (due - now_ms()) / 1000
 
     async def provision(self, request: RegistrationRequest) -> None:
+        # A request signed up under registration.password: after_approval holds no password;
+        # one from before a switch to that mode keeps the password it was made with.
         password = None
-        if not self.password_after_approval:
+        if request.password_encrypted is not None:
             try:
-                password = self.box.decrypt(request.password_encrypted or "")
+                password = self.box.decrypt(request.password_encrypted)
             except TamperedSecret:
                 await self.registrations.fail_provisioning(
                     request.id,
@@ -88,7 +88,9 @@ class Provisioner:
             await self._retry_or_fail(request, str(error))
         else:
             result = await self.registrations.finish_provisioning(
-                request.id, user_id, after=self.mail.welcome
+                request.id,
+                user_id,
+                after=self.mail.welcome if password else self.mail.welcome_set_password,
             )
             if result.changed:
                 log.info("Created %s for request %s", user_id, request.id)
