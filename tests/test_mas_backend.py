@@ -145,6 +145,7 @@ async def test_after_approval_on_mas_sets_the_password_with_the_link(
         "SELECT password_hash, password_encrypted FROM registration_request WHERE id=$1",
         request_id,
     )
+    assert row is not None
     assert (row["password_hash"], row["password_encrypted"]) == ("", None)
 
     token = link_token(await smtp.wait_for(bea.email, "choose its password"), "reset-password")
@@ -198,4 +199,5 @@ async def test_an_account_made_before_a_crash_is_adopted_not_made_twice(
         "SELECT matrix_user_id, password_encrypted FROM registration_request WHERE id=$1",
         request_id,
     )
+    assert row is not None
     assert (row["matrix_user_id"], row["password_encrypted"]) == (cy.user_id, None)
