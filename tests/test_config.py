@@ -118,6 +118,31 @@ def test_missing_key(tmp_path: Path) -> None:
     assert problems(tmp_path, data) == ["admin_room.admins: missing key"]
 
 
+def test_the_mas_backend_names_what_it_misses_and_what_it_does_not_use(tmp_path: Path) -> None:
+    data = example_data()
+    data["homeserver"]["registration_shared_secret"] = "a shared secret"
+    data["homeserver"]["mas"] = {"url": "http://127.0.0.1:8080", "client_secret": "s3cret"}
+    assert problems(tmp_path, data) == ["homeserver.mas.client_id: missing key"]
+    data["homeserver"]["mas"]["client_id"] = "01JGATEKEEPER"
+    assert problems(tmp_path, data) == [
+        "homeserver.registration_shared_secret: not used with homeserver.mas (MAS makes and "
+        "changes the accounts; Synapse refuses shared-secret registration then): remove it"
+    ]
+    del data["homeserver"]["registration_shared_secret"]
+    config = load_config(write(tmp_path, data), environ={})
+    assert config.homeserver.mas is not None
+    assert "s3cret" in config.secrets()  # redacted from every log line
+
+
+def test_the_mas_section_may_come_from_the_environment(tmp_path: Path) -> None:
+    environ = {
+        "GATEKEEPER_HOMESERVER__MAS": "{url: 'http://mas:8080', client_id: '01J', client_secret: x}"
+    }
+    config = load_config(write(tmp_path, example_data()), environ=environ)
+    assert config.homeserver.mas is not None
+    assert config.homeserver.mas.url == "http://mas:8080"
+
+
 def test_unknown_section(tmp_path: Path) -> None:
     data = example_data()
     data["smtp_server"] = {"host": "x"}
