@@ -37,6 +37,7 @@ from mautrix.util import background_task
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.gate import Gate
+from gatekeeper.appservice.domain.moderation import Moderation
 from gatekeeper.appservice.domain.registrations import Outcome
 from gatekeeper.appservice.homeserver.encryption import BotEncryption, RoomMessages
 from gatekeeper.appservice.storage.bot_state import BotState
@@ -51,6 +52,7 @@ from gatekeeper.bot.commands import (
     parse_command,
 )
 from gatekeeper.bot.commands_gate import GateCommands
+from gatekeeper.bot.commands_moderation import ModerationCommands
 from gatekeeper.bot.commands_reports import ReportCommands
 from gatekeeper.bot.commands_requests import RequestCommands
 from gatekeeper.bot.notices import APPROVE_KEYS, REJECT_KEYS, content_of, normalise_key
@@ -77,6 +79,7 @@ class AdminBot:
         store: RegistrationStore,
         decisions: Decisions,
         gate: Gate,
+        moderation: Moderation,
         messages: RoomMessages,
         encryption: BotEncryption | None,
         encryption_missing: str | None,
@@ -103,6 +106,7 @@ class AdminBot:
             RequestCommands(config, store, decisions),
             GateCommands(gate, self.prefix, config.web.public_base_url),
             ReportCommands(store, gate),
+            ModerationCommands(config, moderation, self.room.is_admin),
         )
 
     async def start(self) -> None:
@@ -322,4 +326,10 @@ class AdminBot:
 
 
 # Every class whose @command methods AdminBot collects: docs/generate.py documents them.
-COMMAND_CLASSES: tuple[type, ...] = (AdminBot, RequestCommands, GateCommands, ReportCommands)
+COMMAND_CLASSES: tuple[type, ...] = (
+    AdminBot,
+    RequestCommands,
+    GateCommands,
+    ReportCommands,
+    ModerationCommands,
+)

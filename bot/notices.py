@@ -48,6 +48,7 @@ OUTCOME = {
     State.REJECTED: "❌ Rejected by {decided_by}{reason}.",
     State.EXPIRED: "⌛ Expired: not decided in time.",
     State.WITHDRAWN: "↩️ Withdrawn by the applicant.",
+    State.DEACTIVATED: "⛔ Approved by {decided_by}; account {user_id} created, since deactivated.",
 }
 
 

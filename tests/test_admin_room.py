@@ -57,6 +57,9 @@ async def test_creates_room_invites_admins_and_answers_help(
         " sign-ups (username: a glob or /regex/)",
         "!blocks — list the blocks in force",
         "!close [reason] — pause new sign-ups (invites still work)",
+        "!confirm <code> — go ahead with a deactivation you asked for",
+        "!deactivate <user> [--erase] [reason] — deactivate an account for good (asks you to"
+        " confirm)",
         "!help — show the commands you can give",
         "!invite [--uses N] [--expires 7d] [--note text] — make a sign-up link that skips approval",
         "!invites — list the invites still usable",
@@ -67,7 +70,10 @@ async def test_creates_room_invites_admins_and_answers_help(
         "!search <text> — find requests by name, email or ID",
         "!show <id> — show a request and its history",
         "!stats — requests and decisions this week and month",
+        "!suspend <user> [reason] — suspend an account: it can read, not send",
         "!unblock <id> — lift a block",
+        "!unsuspend <user> [reason] — lift a suspension: the account can send again",
+        "!whois <user> — an account's request, approver, email, 2FA and state",
     ]
 
 

@@ -173,7 +173,7 @@ async def test_upgrade_withdraws_open_requests_that_share_an_email(
     await insert_request(database, "open", "gil@example.org", "pending", "pending", 2)
 
     before = now_ms()
-    assert await upgrade(database) == [8]
+    assert (await upgrade(database))[0] == 8  # then any later migrations
     after = now_ms()
 
     rows = await database.fetch("SELECT id, status, password_encrypted FROM registration_request")

@@ -49,6 +49,7 @@ ALLOWED: dict[Transition, tuple[set[State], State]] = {
     Transition.RETRY_PROVISIONING: ({State.PROVISIONING}, A),
     Transition.FINISH_PROVISIONING: ({State.PROVISIONING}, State.ACTIVE),
     Transition.FAIL_PROVISIONING: ({State.PROVISIONING}, State.FAILED),
+    Transition.DEACTIVATE: ({State.ACTIVE}, State.DEACTIVATED),
 }
 # How a new request gets to each state: confirmed at sign-up?, then these transitions.
 ROUTE: dict[State, tuple[bool, tuple[Transition, ...]]] = {
@@ -67,6 +68,15 @@ ROUTE: dict[State, tuple[bool, tuple[Transition, ...]]] = {
     State.REJECTED: (True, (Transition.REJECT,)),
     State.EXPIRED: (True, (Transition.EXPIRE,)),
     State.WITHDRAWN: (True, (Transition.WITHDRAW,)),
+    State.DEACTIVATED: (
+        True,
+        (
+            Transition.APPROVE,
+            Transition.START_PROVISIONING,
+            Transition.FINISH_PROVISIONING,
+            Transition.DEACTIVATE,
+        ),
+    ),
 }
 # A request in these states keeps its name and its email from anyone else.
 HOLDING = {
@@ -76,6 +86,7 @@ HOLDING = {
     State.PROVISIONING,
     State.ACTIVE,
     State.FAILED,
+    State.DEACTIVATED,
 }
 
 
@@ -132,6 +143,8 @@ async def take(
         result = await registrations.finish_provisioning(request_id, "@new:example.org")
     elif transition is Transition.FAIL_PROVISIONING:
         result = await registrations.fail_provisioning(request_id, "setup")
+    elif transition is Transition.DEACTIVATE:
+        result = await registrations.deactivate(request_id, "setup", None)
     else:
         raise AssertionError(f"no route takes {transition}")
     assert result.outcome is Outcome.CHANGED, (transition, result)
@@ -259,6 +272,7 @@ async def test_named_transitions_of_an_unknown_request_are_not_found(
         await registrations.retry_provisioning("nosuchid", "down", now_ms()),
         await registrations.fail_provisioning("nosuchid", "refused"),
         await registrations.finish_provisioning("nosuchid", "@x:example.org"),
+        await registrations.deactivate("nosuchid", "@alice:example.org", None),
         await registrations.confirm_email("no-such-token"),
     ]
     assert [(r.outcome, r.request) for r in results] == [(Outcome.NOT_FOUND, None)] * len(results)
@@ -578,6 +592,10 @@ async def test_notices_behind_follow_the_state(
     await registrations.finish_provisioning(request.id, "@x:example.org")
     assert await behind() == [request.id]
     await store.record_notice(request.id, "$notice", State.ACTIVE)
+    assert await behind() == []
+    await registrations.deactivate(request.id, "@alice:example.org", None)
+    assert await behind() == [request.id]
+    await store.record_notice(request.id, "$notice", State.DEACTIVATED)
     assert await behind() == []
     assert unverified.id not in await behind()
 

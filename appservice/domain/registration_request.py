@@ -28,6 +28,8 @@ class State(enum.StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     WITHDRAWN = "withdrawn"
+    # The account was made, then deactivated by an admin (!deactivate).
+    DEACTIVATED = "deactivated"
 
 
 # The seed's two columns for each state: status (the decision) and matrix_status (the account).
@@ -41,12 +43,14 @@ COLUMNS: dict[State, tuple[str, str]] = {
     State.REJECTED: ("rejected", "pending"),
     State.EXPIRED: ("expired", "pending"),
     State.WITHDRAWN: ("withdrawn", "pending"),
+    State.DEACTIVATED: ("approved", "deactivated"),
 }
 STATE_OF = {columns: state for state, columns in COLUMNS.items()}
 OPEN_STATES = (State.UNVERIFIED, State.PENDING)
 # A request whose status is unverified, pending or approved holds its wished name and its
 # email (LOWER(email)); a withdrawn, rejected or expired one frees both. The unique indexes
-# of migrations 002 and 008 spell this out.
+# of migrations 002 and 008 spell this out. A deactivated account keeps both: Synapse never
+# gives its name to anyone else, and its address does not sign up again.
 HOLDING_STATES = (
     State.UNVERIFIED,
     State.PENDING,
@@ -54,8 +58,10 @@ HOLDING_STATES = (
     State.PROVISIONING,
     State.ACTIVE,
     State.FAILED,
+    State.DEACTIVATED,
 )
-# States in which a confirmed applicant or account holder may log in to the web pages.
+# States in which a confirmed applicant or account holder may log in to the web pages
+# (not deactivated: the account is gone, and so is everything the pages could change).
 LOGIN_STATES = (State.PENDING, State.APPROVED, State.PROVISIONING, State.ACTIVE, State.FAILED)
 # States whose request still needs the encrypted password: the account is yet to be made.
 # A transition into any other state deletes it.

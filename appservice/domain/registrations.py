@@ -57,6 +57,8 @@ class Transition(enum.Enum):
     RETRY_PROVISIONING = ((State.PROVISIONING,), State.APPROVED)
     FINISH_PROVISIONING = ((State.PROVISIONING,), State.ACTIVE)
     FAIL_PROVISIONING = ((State.PROVISIONING,), State.FAILED)
+    # An admin deactivated the account (appservice/domain/moderation.py).
+    DEACTIVATE = ((State.ACTIVE,), State.DEACTIVATED)
 
     def __init__(self, sources: tuple[State, ...], target: State) -> None:
         self.sources = sources
@@ -300,6 +302,13 @@ class Registrations:
             {"matrix_user_id": user_id, "last_error": None},
             after,
         )
+
+    async def deactivate(
+        self, request_id: str, actor: str, reason: str | None, after: AfterCommit | None = None
+    ) -> Result:
+        """The account is deactivated on the homeserver: its owner can no longer log in
+        here either (LOGIN_STATES). `after` writes the moderation's own audit row."""
+        return await self.apply(request_id, Transition.DEACTIVATE, actor, reason, None, after)
 
     async def resume_interrupted(self) -> int:
         """Put requests whose provisioning round died (process crash, database failure

@@ -22,6 +22,7 @@ from gatekeeper.appservice.domain.captcha import Captcha
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.gate import Gate
 from gatekeeper.appservice.domain.i18n import Catalogue
+from gatekeeper.appservice.domain.moderation import Moderation
 from gatekeeper.appservice.domain.passwords import PasswordHasher
 from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registrations import Registrations
@@ -102,6 +103,7 @@ class Core:
     decisions: Decisions
     accounts: AccountBackend
     gate: Gate
+    moderation: Moderation
     leadership: Leadership
     monitoring: Monitoring
 
@@ -173,6 +175,9 @@ class Gatekeeper:
         )
         mail = ApplicantMail(config, tokens, mailer, Catalogue(), RateLimiter(db))
         leadership = leadership_for(config.database, db, on_changes=self._wake_workers)
+        accounts = account_backend(config, SealedState(BotState(db), box))
+        totp = TotpStore(db, box, issuer=config.homeserver.domain)
+        sessions = Sessions(db, config.web)
         self.core = core = Core(
             db=db,
             box=box,
@@ -182,8 +187,9 @@ class Gatekeeper:
             mailer=mailer,
             mail=mail,
             decisions=Decisions(config.registration, registrations, mail),
-            accounts=account_backend(config, SealedState(BotState(db), box)),
+            accounts=accounts,
             gate=Gate(db, config.registration, BotState(db), room_note=self._room_note),
+            moderation=Moderation(config, db, store, registrations, accounts, sessions, totp),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),
         )
@@ -251,7 +257,15 @@ class Gatekeeper:
             csrf,
         )
         return create_web_app(
-            WebApi(config, core.registrations, core.store, core.tokens, signups, core.decisions),
+            WebApi(
+                config,
+                core.registrations,
+                core.store,
+                core.tokens,
+                signups,
+                core.decisions,
+                core.moderation,
+            ),
             account_api,
             pages,
             security_middleware(cookies, csrf, sessions),
@@ -316,6 +330,7 @@ class Gatekeeper:
                 core.store,
                 core.decisions,
                 core.gate,
+                core.moderation,
                 RoomMessages(appservice.intent, self.encryption),
                 self.encryption,
                 encryption_missing,

@@ -276,7 +276,7 @@ class RegistrationStore:
     async def notices_behind(self, limit: int = 100) -> list[RegistrationRequest]:
         """Requests whose admin-room notice is missing or shows an older state."""
         # The WHERE is the partial index registration_request_notice_behind's (migration
-        # 006), word for word, so both databases read only the requests that are behind.
+        # 009), word for word, so both databases read only the requests that are behind.
         rows = await self.db.fetch(
             "SELECT * FROM registration_request"
             " WHERE (notice_event_id IS NULL AND (status='pending'"
@@ -284,7 +284,7 @@ class RegistrationStore:
             " OR (notice_event_id IS NOT NULL AND notice_state <> ("
             "   CASE WHEN status='approved' THEN"
             "     CASE matrix_status WHEN 'success' THEN 'active' WHEN 'failed' THEN 'failed'"
-            "       ELSE 'approved' END"
+            "       WHEN 'deactivated' THEN 'deactivated' ELSE 'approved' END"
             "   ELSE status END))"
             " ORDER BY updated_at LIMIT $1",
             limit,

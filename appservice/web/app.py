@@ -21,6 +21,13 @@ from gatekeeper.appservice.domain.errors import (
     SignUpRefused,
     SignUpsClosed,
 )
+from gatekeeper.appservice.domain.moderation import (
+    Moderation,
+    ModerationEntry,
+    ModerationError,
+    Problem,
+    Target,
+)
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
 from gatekeeper.appservice.domain.signup import SignUps
@@ -114,6 +121,7 @@ class WebApi:
         tokens: MailTokens,
         signups: SignUps,
         decisions: Decisions,
+        moderation: Moderation,
     ) -> None:
         self.config = config
         self.registrations = registrations
@@ -121,6 +129,7 @@ class WebApi:
         self.tokens = tokens
         self.signups = signups
         self.decisions = decisions
+        self.moderation = moderation
 
     def user_id(self, request: RegistrationRequest) -> str:
         return request.user_id(self.config.homeserver.domain)
@@ -285,10 +294,130 @@ class WebApi:
     async def admin_reject(self, request: web.Request) -> web.Response:
         """`POST /api/admin/registrations/{id}/reject` `{"reason": "spam"}` → as approve."""
         found = await self._admin_get(request)
-        reason = (await json_body(request)).get("reason") if request.can_read_body else None
+        reason = (await json_body(request)).get("reason") if request.body_exists else None
         if reason is not None and not isinstance(reason, str):
             raise FieldErrors({"reason": "must be a string"})
         return self._decision(await self.decisions.reject(found.id, "admin-api", reason))
+
+    # --- admin API: accounts after approval (appservice/domain/moderation.py) ----------
+
+    async def _moderated(self, request: web.Request) -> tuple[Target, dict[str, Any]]:
+        """The user of the path, if moderation may act on them, and the JSON body."""
+        # body_exists, not can_read_body: receive_deadline has read the body already.
+        body = await json_body(request) if request.body_exists else {}
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise FieldErrors({"reason": "must be a string"})
+        if not isinstance(body.get("erase", False), bool):
+            raise FieldErrors({"erase": "must be true or false"})
+        return await self.moderation.target(request.match_info["user_id"]), body
+
+    async def admin_user(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/users/{user_id}` → what `!whois` says, as JSON.
+
+        `user_id` is `@ann:domain` or the bare `ann`; any local user (it changes nothing).
+        `status` is null when the homeserver did not answer (`statusProblem` says why)."""
+        try:
+            found = await self.moderation.whois(request.match_info["user_id"])
+        except ModerationError as error:
+            raise moderation_api_error(error) from None
+        status = found.status
+        return web.json_response(
+            {
+                "userId": found.user_id,
+                "registration": self._admin_json(found.request) if found.request else None,
+                "twoFactor": found.two_factor,
+                "status": (
+                    {
+                        "exists": status.exists,
+                        "suspended": status.suspended,
+                        "deactivated": status.deactivated,
+                    }
+                    if status is not None
+                    else None
+                ),
+                "statusProblem": found.status_problem,
+                "lastAction": moderation_json(found.last_action) if found.last_action else None,
+                "moderationRefused": found.refusal,
+            }
+        )
+
+    def _moderation_done(self, target: Target, action: str) -> web.Response:
+        return web.json_response(
+            {
+                "userId": target.user_id,
+                "action": action,
+                "registrationId": target.request.id if target.request else None,
+            }
+        )
+
+    async def admin_suspend(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/users/{user_id}/suspend` `{"reason": "spam"}` → `{"userId", "action"}`
+
+        Synapse's suspension: the account can still read, but not send. Accounts made
+        through Gatekeeper only, unless `admin_room.moderate_all_local_users`; never the
+        bot or the admins (403). 503 if the homeserver did not answer, 502 if it refused:
+        nothing changed then."""
+        try:
+            target, body = await self._moderated(request)
+            await self.moderation.suspend(target, "admin-api", body.get("reason"))
+        except ModerationError as error:
+            raise moderation_api_error(error) from None
+        return self._moderation_done(target, "suspend")
+
+    async def admin_unsuspend(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/users/{user_id}/unsuspend` → `{"userId", "action"}`; as suspend."""
+        try:
+            target, body = await self._moderated(request)
+            await self.moderation.unsuspend(target, "admin-api", body.get("reason"))
+        except ModerationError as error:
+            raise moderation_api_error(error) from None
+        return self._moderation_done(target, "unsuspend")
+
+    async def admin_deactivate(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/users/{user_id}/deactivate` `{"erase": false, "reason": "…"}` →
+        `{"userId", "action"}`
+
+        For good, without the room's confirmation step (the call is explicit). `erase`
+        also has the homeserver erase the user's data. A request the account came from
+        becomes `deactivated`: its web sessions end, and its owner cannot log in any more."""
+        try:
+            target, body = await self._moderated(request)
+            erase = body.get("erase", False)
+            await self.moderation.deactivate(target, "admin-api", erase, body.get("reason"))
+        except ModerationError as error:
+            raise moderation_api_error(error) from None
+        return self._moderation_done(target, "deactivate")
+
+
+# How the admin API answers each reason a moderation changed nothing.
+MODERATION_STATUS = {
+    Problem.BAD_USER_ID: (400, "GK_BAD_USER_ID"),
+    Problem.NOT_LOCAL: (400, "GK_NOT_LOCAL_USER"),
+    Problem.PROTECTED: (403, "GK_PROTECTED_USER"),
+    Problem.OUT_OF_SCOPE: (403, "GK_NOT_MODERATED"),
+    Problem.NO_ACCOUNT: (404, "GK_NOT_FOUND"),
+    Problem.DEACTIVATED: (409, "GK_WRONG_STATE"),
+    Problem.REFUSED: (502, "GK_HOMESERVER_REFUSED"),
+    Problem.UNAVAILABLE: (503, "GK_HOMESERVER_UNAVAILABLE"),
+}
+
+
+def moderation_api_error(error: ModerationError) -> ApiError:
+    status, errcode = MODERATION_STATUS[error.problem]
+    return ApiError(status, errcode, error.message)
+
+
+def moderation_json(entry: ModerationEntry) -> dict[str, Any]:
+    return {
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "erase": entry.erase,
+        "reason": entry.reason,
+        "outcome": entry.outcome,
+        "error": entry.error,
+    }
 
 
 def admin_token_middleware(config: Config) -> Middleware:
@@ -406,6 +535,10 @@ def create_web_app(
     add.add_get("/api/admin/registrations/{id}", api.admin_show)
     add.add_post("/api/admin/registrations/{id}/approve", api.admin_approve)
     add.add_post("/api/admin/registrations/{id}/reject", api.admin_reject)
+    add.add_get("/api/admin/users/{user_id}", api.admin_user)
+    add.add_post("/api/admin/users/{user_id}/suspend", api.admin_suspend)
+    add.add_post("/api/admin/users/{user_id}/unsuspend", api.admin_unsuspend)
+    add.add_post("/api/admin/users/{user_id}/deactivate", api.admin_deactivate)
     add.add_get("/api/antibot/challenge", api.antibot_challenge)
     # For load balancers and container health checks; the metrics listener has it too.
     add.add_get("/health", monitoring.health)

@@ -82,6 +82,9 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     ),
     "/api/admin/registrations/{id}/approve": _object(),
     "/api/admin/registrations/{id}/reject": _object(reason=TEXT),
+    "/api/admin/users/{user_id}/suspend": _object(reason=TEXT),
+    "/api/admin/users/{user_id}/unsuspend": _object(reason=TEXT),
+    "/api/admin/users/{user_id}/deactivate": _object(erase=FLAG, reason=TEXT),
 }
 
 QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
@@ -125,6 +128,33 @@ DECISION = _object(
     ("outcome", "registration"),
     outcome=_one_of("changed", "already"),
     registration={"$ref": "#/components/schemas/Registration"},
+)
+MODERATED = _object(
+    ("userId", "action"),
+    userId=TEXT,
+    action=_one_of("suspend", "unsuspend", "deactivate"),
+    registrationId=_nullable(TEXT),
+)
+MODERATION_ENTRY = _object(
+    ("at", "actor", "action", "outcome"),
+    at=TIME,
+    actor=TEXT,
+    action=_one_of("suspend", "unsuspend", "deactivate"),
+    erase=FLAG,
+    reason=_nullable(TEXT),
+    outcome=_one_of("done", "failed"),
+    error=_nullable(TEXT),
+)
+WHOIS = _object(
+    ("userId",),
+    userId=TEXT,
+    # allOf: a $ref's sibling keys (nullable) would be ignored.
+    registration=_nullable({"allOf": [{"$ref": "#/components/schemas/Registration"}]}),
+    twoFactor=_nullable(FLAG),
+    status=_nullable(_object(exists=FLAG, suspended=FLAG, deactivated=FLAG)),
+    statusProblem=_nullable(TEXT),
+    lastAction=_nullable(MODERATION_ENTRY),
+    moderationRefused=_nullable(TEXT),
 )
 EMPTY = _object()
 
@@ -232,6 +262,10 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
     ),
     "/api/admin/registrations/{id}/approve": (200, DECISION),
     "/api/admin/registrations/{id}/reject": (200, DECISION),
+    "/api/admin/users/{user_id}": (200, WHOIS),
+    "/api/admin/users/{user_id}/suspend": (200, MODERATED),
+    "/api/admin/users/{user_id}/unsuspend": (200, MODERATED),
+    "/api/admin/users/{user_id}/deactivate": (200, MODERATED),
 }
 
 ERROR = _object(
@@ -263,6 +297,12 @@ def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, A
         "responses": {
             str(status): _json("Success", success),
             "4XX": _json("The JSON error body", error),
+            # Moderation passes the homeserver's refusal on (a wrong admin token, say).
+            **(
+                {"502": _json("The homeserver refused: nothing changed", error)}
+                if path.startswith("/api/admin/users/")
+                else {}
+            ),
             # Any handler that needs the homeserver says so when it is not answering.
             "503": _json("The homeserver is not answering", error),
         },
@@ -272,6 +312,9 @@ def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, A
     parameters = list(QUERY_PARAMETERS.get(path, []))
     if "{id}" in path:
         parameters.append({"name": "id", "in": "path", "required": True, "schema": TEXT})
+    if "{user_id}" in path:
+        # A full user ID (@ann:domain) or the bare localpart (ann).
+        parameters.append({"name": "user_id", "in": "path", "required": True, "schema": TEXT})
     if parameters:
         operation["parameters"] = parameters
     if method == "POST":
