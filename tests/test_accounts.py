@@ -95,6 +95,13 @@ async def test_a_persons_whole_story(
             200,
             {"status": "invalid-credentials"},
         )
+        # Forgetting the device on logout brings the code back.
+        assert await client.post("/api/auth/login", login) == (200, {"status": "logged-in"})
+        await client.post("/api/auth/logout", {"forgetDevice": True})
+        assert await client.post("/api/auth/login", login) == (
+            200,
+            {"status": "second-factor-required"},
+        )
 
     # Enabling 2FA ended the other session (SECURITY: 2FA change ends other sessions).
     assert await other_device.get("/api/user-info") == (200, {})

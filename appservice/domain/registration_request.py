@@ -132,8 +132,8 @@ class NewRequest:
     email: str
     language: str
     reason: str
-    password_hash: str
-    password_encrypted: str
+    password_hash: str  # "" while no password is set (registration.password: after_approval)
+    password_encrypted: str | None
     invite_id: str | None = None
 
     @property

@@ -201,7 +201,7 @@ class RegistrationStore:
         )
 
     async def set_password(
-        self, request_id: str, password_hash: str, password_encrypted: str
+        self, request_id: str, password_hash: str, password_encrypted: str | None
     ) -> bool:
         """A new password; True if the account is still to be made, and will be made with it.
 

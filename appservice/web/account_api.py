@@ -85,7 +85,8 @@ class AccountApi:
 
     async def logout(self, request: web.Request) -> web.Response:
         """`{"forgetDevice": bool}` → `{}`; the server-side session is deleted."""
-        body = await json_body(request) if request.can_read_body else {}
+        # body_exists, not can_read_body: the receive deadline has read the body already.
+        body = await json_body(request) if request.body_exists else {}
         session = request.get(SESSION_KEY)
         if session is not None:
             await self.sessions.end(session)
