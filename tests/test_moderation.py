@@ -22,7 +22,7 @@ from gatekeeper.appservice.runtime.program import Gatekeeper
 from gatekeeper.bot.commands_moderation import CONFIRM_SECONDS, ModerationCommands
 from harness.matrix_user import MatrixUser
 from harness.stalling_proxy import StallingProxy
-from tests.conftest import SERVER_NAME, Homeserver, StartGatekeeper
+from tests.conftest import SERVER_NAME, Homeserver, MailCatcher, StartGatekeeper
 from tests.flows import (
     BOT,
     Applicant,
@@ -215,7 +215,7 @@ async def approved_in_room(
 
 
 async def test_suspend_whois_and_deactivate_an_account_made_through_gatekeeper(
-    start_gatekeeper: StartGatekeeper, alice: MatrixUser, synapse: Homeserver
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser, synapse: Homeserver, smtp: MailCatcher
 ) -> None:
     gatekeeper, room_id = await started_with_room(
         start_gatekeeper, alice, registration=NO_CONFIRMATION
@@ -302,6 +302,15 @@ async def test_suspend_whois_and_deactivate_an_account_made_through_gatekeeper(
         ("unsuspend", False, alice.user_id, request_id, None, "done"),
         ("deactivate", False, alice.user_id, request_id, None, "done"),
     ]
+
+    # The address stays the deactivated account's: a new sign-up with it is answered as
+    # usual, and its owner hears of it without a reset link that would lead nowhere.
+    again = new_applicant("ann-again")
+    status, _ = await sign_up(gatekeeper, Applicant(again.localpart, ann.email))
+    assert status == 201
+    mail = await smtp.wait_for(ann.email, "deactivated")
+    assert again.user_id in mail.get_content()
+    assert "/reset-password" not in mail.get_content()
 
 
 async def test_who_may_be_moderated_and_by_whom(

@@ -116,6 +116,13 @@ class ApplicantMail:
                 valid_ms=STATUS_LINK_MS,
                 attempted_user_id=attempted_user_id,
             )
+        elif holder.state is State.DEACTIVATED:
+            # A reset would lead nowhere: the account is gone, and keeps its address.
+            async with acquire(self.tokens.db) as conn:
+                await self._send(
+                    conn, holder, "email_in_use_deactivated", attempted_user_id=attempted_user_id
+                )
+            self.mailer.wake()
         else:
             await self._with_link(
                 holder,
