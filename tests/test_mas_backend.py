@@ -22,6 +22,7 @@ from harness.mas_standin import MasStandin
 from harness.matrix_user import MatrixUser, wait_until
 from tests.conftest import MailCatcher, StartGatekeeper
 from tests.flows import (
+    BOT,
     Applicant,
     WebClient,
     api,
@@ -35,6 +36,7 @@ from tests.flows import (
     started_with_room,
     wait_for_state,
 )
+from tests.test_moderation import CONFIRM_RE
 
 pytestmark = pytest.mark.synapse
 
@@ -123,6 +125,23 @@ async def test_sign_up_approval_and_changes_reach_mas(
     assert (status, answer["status"]) == (200, "matrix-unchanged")
     assert mas.users[ann.localpart].password == NEW_PASSWORD
     assert len(mas.users) == 2  # the taken name's owner and Ann: nothing made twice
+
+    # Moderation from the room reaches MAS: suspension is MAS's lock.
+    answer = await alice.reply_to(room_id, f"!suspend {ann.localpart} spam", BOT)
+    assert answer.startswith(f"Suspended {ann.user_id}")
+    assert mas.users[ann.localpart].locked_at is not None
+    assert "Suspended: yes" in await alice.reply_to(room_id, f"!whois {ann.user_id}", BOT)
+    await alice.reply_to(room_id, f"!unsuspend {ann.localpart}", BOT)
+    assert mas.users[ann.localpart].locked_at is None
+    ask = await alice.reply_to(room_id, f"!deactivate {ann.user_id} --erase", BOT)
+    code = CONFIRM_RE.search(ask)
+    assert code, ask
+    assert mas.users[ann.localpart].deactivated_at is None
+    answer = await alice.reply_to(room_id, f"!confirm {code[1]}", BOT)
+    assert answer.startswith(f"Deactivated and erased {ann.user_id}")
+    deactivated = mas.users[ann.localpart]
+    assert deactivated.deactivated_at is not None
+    assert deactivated.erase_requested is True
 
 
 async def test_after_approval_on_mas_sets_the_password_with_the_link(

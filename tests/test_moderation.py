@@ -305,11 +305,11 @@ async def test_suspend_whois_and_deactivate_an_account_made_through_gatekeeper(
 
     # The address stays the deactivated account's: a new sign-up with it is answered as
     # usual, and its owner hears of it without a reset link that would lead nowhere.
-    again = new_applicant("ann-again")
-    status, _ = await sign_up(gatekeeper, Applicant(again.localpart, ann.email))
+    newcomer = new_applicant("ann-again")
+    status, _ = await sign_up(gatekeeper, Applicant(newcomer.localpart, ann.email))
     assert status == 201
     mail = await smtp.wait_for(ann.email, "deactivated")
-    assert again.user_id in mail.get_content()
+    assert newcomer.user_id in mail.get_content()
     assert "/reset-password" not in mail.get_content()
 
 
