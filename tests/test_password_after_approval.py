@@ -82,6 +82,12 @@ async def test_the_password_is_chosen_after_approval_and_never_stored_before(
     )
     await sign_up_without_password(gatekeeper, ann)
     assert await password_columns(gatekeeper, ann) == ("", None)
+    # The OpenAPI document says so too.
+    _, document = await api(gatekeeper, "GET", "/api/openapi.json")
+    body = document["paths"]["/api/auth/sign-up"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert "password" not in schema["properties"]
+    assert schema["required"] == ["userName", "email"]
 
     request_id = await request_id_of(gatekeeper, ann)
     await api(gatekeeper, "POST", f"/api/admin/registrations/{request_id}/approve", admin=True)

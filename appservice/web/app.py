@@ -143,7 +143,9 @@ class WebApi:
         "reason": "…"}` → 201 `{"status": "unverified", "userId": "@ann:example.org"}`
 
         An email that belongs to a live request or account gets the very same answer, but
-        nothing is stored: its owner gets a mail about the try instead.
+        nothing is stored: its owner gets a mail about the try instead. With
+        `registration.password: after_approval` the body has no `password` (one sent is a
+        422 on that field): the welcome mail's link sets it.
         """
         try:
             created = await self.signups.sign_up(await json_body(request), request.remote or "")
@@ -542,7 +544,9 @@ def create_web_app(
     add.add_get("/api/antibot/challenge", api.antibot_challenge)
     # For load balancers and container health checks; the metrics listener has it too.
     add.add_get("/health", monitoring.health)
-    document = openapi_document(app, api.config.homeserver.domain)
+    document = openapi_document(
+        app, api.config.homeserver.domain, api.config.registration.password_after_approval
+    )
 
     async def openapi(_: web.Request) -> web.Response:
         """The OpenAPI document of this API."""

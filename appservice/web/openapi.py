@@ -286,7 +286,16 @@ def _with_user_name_limit(schema: dict[str, Any], domain: str) -> dict[str, Any]
     return {**schema, "properties": {**properties, "userName": limited}}
 
 
-def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, Any]:
+def _without_password(schema: dict[str, Any]) -> dict[str, Any]:
+    """The sign-up body when the password is chosen after approval: none is taken."""
+    properties = {k: v for k, v in schema.get("properties", {}).items() if k != "password"}
+    required = [k for k in schema.get("required", []) if k != "password"]
+    return {**schema, "properties": properties, "required": required}
+
+
+def _operation(
+    method: str, path: str, handler: Any, domain: str, password_after_approval: bool
+) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
     # An undescribed route still answers JSON, just of no documented shape.
@@ -321,9 +330,7 @@ def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, A
         operation["requestBody"] = {
             "required": path in REQUEST_BODIES and "required" in REQUEST_BODIES[path],
             "content": {
-                "application/json": {
-                    "schema": _with_user_name_limit(REQUEST_BODIES.get(path, _object()), domain)
-                }
+                "application/json": {"schema": _request_body(path, domain, password_after_approval)}
             },
         }
     if path.startswith("/api/admin/"):
@@ -333,7 +340,16 @@ def _operation(method: str, path: str, handler: Any, domain: str) -> dict[str, A
     return operation
 
 
-def openapi_document(app: web.Application, domain: str) -> dict[str, Any]:
+def _request_body(path: str, domain: str, password_after_approval: bool) -> dict[str, Any]:
+    schema = _with_user_name_limit(REQUEST_BODIES.get(path, _object()), domain)
+    if path == "/api/auth/sign-up" and password_after_approval:
+        return _without_password(schema)
+    return schema
+
+
+def openapi_document(
+    app: web.Application, domain: str, password_after_approval: bool = False
+) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -341,7 +357,7 @@ def openapi_document(app: web.Application, domain: str) -> dict[str, Any]:
         if not path or not path.startswith("/api/") or route.method == "HEAD":
             continue
         paths.setdefault(path, {})[route.method.lower()] = _operation(
-            route.method, path, route.handler, domain
+            route.method, path, route.handler, domain, password_after_approval
         )
     return {
         "openapi": "3.0.3",
