@@ -74,8 +74,10 @@ class MasConfig(Section):
 
     @field_validator("account_url")
     @classmethod
-    def _optional_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
+    def _page_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_http_url(value)  # a page, linked as given: its trailing "/" stays
+        return value
 
     @field_validator("client_id")
     @classmethod

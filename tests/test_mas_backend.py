@@ -220,3 +220,32 @@ async def test_an_account_made_before_a_crash_is_adopted_not_made_twice(
     )
     assert row is not None
     assert (row["matrix_user_id"], row["password_encrypted"]) == (cy.user_id, None)
+
+
+async def test_the_settings_page_can_send_people_to_mas_for_password_and_email(
+    start_gatekeeper: StartGatekeeper, mas: MasStandin, page: Any
+) -> None:
+    account_url = "https://auth.example.org/account/"
+    gatekeeper = await start_gatekeeper(
+        homeserver={**with_mas(mas), "mas": {**with_mas(mas)["mas"], "account_url": account_url}},
+        registration=NO_CONFIRMATION,
+    )
+    dee = new_applicant("dee")
+    assert (await sign_up(gatekeeper, dee))[0] == 201
+    request_id = await request_id_of(gatekeeper, dee)
+    await api(gatekeeper, "POST", f"/api/admin/registrations/{request_id}/approve", admin=True)
+    await wait_for_state(gatekeeper, request_id, "active")
+
+    base = f"http://127.0.0.1:{gatekeeper.config.web.port}"
+    await page.goto(f"{base}/login")
+    await page.fill("#email", dee.email)
+    await page.fill("#password", dee.password)
+    await page.click("button[type=submit]")
+    assert page.url.endswith("/settings")
+    await page.fill("#password", dee.password)
+    await page.click("form[action='/settings/sudo'] button")
+    assert await page.get_attribute("#account-url", "href") == account_url
+    assert await page.locator("form[action='/settings/password']").count() == 0
+    assert await page.locator("form[action='/settings/email']").count() == 0
+    # What stays Gatekeeper's own: the second factor.
+    assert await page.locator("form[action='/settings/2fa/start']").count() == 1
