@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from gatekeeper.appservice.config import Config, ConfigError, load_config
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Matrix sign-ups approved by admins in a room.",
         parents=[common, running],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('gatekeeper')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", parents=[common, running], help="run the service (the default)")
     generate = commands.add_parser(
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, exit_code: int) -> int:
-    print(f"gatekeeper: {message}", file=sys.stderr)
+    # Every line, so that each of several problems is found by a grep of a combined log.
+    for line in message.splitlines():
+        print(f"gatekeeper: {line}", file=sys.stderr)
     return exit_code
 
 

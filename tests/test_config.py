@@ -6,6 +6,7 @@ import logging
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,30 @@ def test_typo_stops_the_program_with_one_line_naming_the_key(tmp_path: Path) -> 
     assert lines == [
         "gatekeeper: config error: appservice.prot: unknown key (did you mean 'appservice.port'?)"
     ]
+
+
+def test_each_of_several_problems_is_a_line_of_its_own_with_the_prefix(tmp_path: Path) -> None:
+    data = example_data()
+    data["appservice"]["prot"] = data["appservice"].pop("port")
+    data["web"]["port"] = "eighty"
+    result = run_gatekeeper(write(tmp_path, data))
+    assert result.returncode == 10
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith("gatekeeper: config error: ") for line in lines), lines
+    assert any("appservice.prot" in line for line in lines)
+    assert any("web.port" in line for line in lines)
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"gatekeeper {version('gatekeeper')}"
 
 
 def test_typo_of_a_required_key_is_one_line_too(tmp_path: Path) -> None:
