@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import secrets
 from datetime import UTC, datetime
 from importlib import resources
@@ -32,6 +33,7 @@ from gatekeeper.appservice.domain.registration_request import RegistrationReques
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations, Result
 from gatekeeper.appservice.domain.signup import SignUps
 from gatekeeper.appservice.homeserver.account_backend import HomeserverUnavailable
+from gatekeeper.appservice.matrix_ids import MAX_USER_ID_BYTES
 from gatekeeper.appservice.runtime.monitoring import Monitoring
 from gatekeeper.appservice.storage.database import DATABASE_UNAVAILABLE
 from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
@@ -39,7 +41,7 @@ from gatekeeper.appservice.storage.ratelimit import RateLimited
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.web.account_api import AccountApi
 from gatekeeper.appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
-from gatekeeper.appservice.web.openapi import openapi_document
+from gatekeeper.appservice.web.openapi import ACTOR_PATTERN, openapi_document
 from gatekeeper.appservice.web.pages import Pages, security_headers
 from gatekeeper.appservice.web.security import receive_deadline
 
@@ -240,7 +242,10 @@ class WebApi:
         }
 
     async def admin_list(self, request: web.Request) -> web.Response:
-        """`GET /api/admin/registrations?state=pending&limit=50&offset=0` → `{"registrations"}`"""
+        """`GET /api/admin/registrations?state=pending&limit=50&offset=0` → `{"registrations"}`
+
+        One state at a time, oldest first: without `state`, only `pending` requests (not
+        every state). `limit` is 50 unless given, at most 500."""
         try:
             state = State(request.query.get("state", "pending"))
             limit = int(request.query.get("limit", "50"))
@@ -289,17 +294,26 @@ class WebApi:
         )
 
     async def admin_approve(self, request: web.Request) -> web.Response:
-        """`POST /api/admin/registrations/{id}/approve` → `{"outcome": "changed" | "already", …}`"""
+        """`POST /api/admin/registrations/{id}/approve` `{"actor": "@bob:example.org"}` →
+        `{"outcome": "changed" | "already", …}`
+
+        The body is optional. `actor` names who decided (a Matrix user ID, or a short name
+        of letters, digits and `. _ -`, at most 64): the audit and the room's notice then
+        say `admin-api (@bob:example.org)` instead of `admin-api`."""
         found = await self._admin_get(request)
-        return self._decision(await self.decisions.approve(found.id, "admin-api"))
+        body = await json_body(request) if request.body_exists else {}
+        return self._decision(await self.decisions.approve(found.id, api_actor(body)))
 
     async def admin_reject(self, request: web.Request) -> web.Response:
-        """`POST /api/admin/registrations/{id}/reject` `{"reason": "spam"}` → as approve."""
+        """`POST /api/admin/registrations/{id}/reject` `{"reason": "spam", "actor": "bob"}` →
+        as approve."""
         found = await self._admin_get(request)
-        reason = (await json_body(request)).get("reason") if request.body_exists else None
+        # body_exists, not can_read_body: receive_deadline has read the body already.
+        body = await json_body(request) if request.body_exists else {}
+        reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise FieldErrors({"reason": "must be a string"})
-        return self._decision(await self.decisions.reject(found.id, "admin-api", reason))
+        return self._decision(await self.decisions.reject(found.id, api_actor(body), reason))
 
     # --- admin API: accounts after approval (appservice/domain/moderation.py) ----------
 
@@ -390,6 +404,25 @@ class WebApi:
         except ModerationError as error:
             raise moderation_api_error(error) from None
         return self._moderation_done(target, "deactivate")
+
+
+_ACTOR_RE = re.compile(ACTOR_PATTERN)
+
+
+def api_actor(body: dict[str, Any]) -> str:
+    """The audit's actor of an admin API call: `admin-api`, with the `actor` it names."""
+    actor = body.get("actor")
+    if actor is None:
+        return "admin-api"
+    if (
+        not isinstance(actor, str)
+        or len(actor.encode()) > MAX_USER_ID_BYTES
+        or not _ACTOR_RE.fullmatch(actor)
+    ):
+        raise FieldErrors(
+            {"actor": "must be a Matrix user ID or a short name (letters, digits, . _ -)"}
+        )
+    return f"admin-api ({actor})"
 
 
 # How the admin API answers each reason a moderation changed nothing.

@@ -16,7 +16,11 @@ from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
 from gatekeeper.appservice.domain.registration_request import State
 from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS
-from gatekeeper.appservice.matrix_ids import LOCALPART_CHARS, max_localpart_bytes
+from gatekeeper.appservice.matrix_ids import (
+    LOCALPART_CHARS,
+    MAX_USER_ID_BYTES,
+    max_localpart_bytes,
+)
 
 TEXT = {"type": "string"}
 FLAG = {"type": "boolean"}
@@ -25,6 +29,10 @@ NEW_PASSWORD = {"type": "string", "minLength": MIN_LENGTH, "maxLength": MAX_BYTE
 LANGUAGE = {"type": "string", "enum": Catalogue().languages}
 TIME = {"type": "string", "format": "date-time"}
 STATE = {"type": "string", "enum": [state.value for state in State]}
+# Who decided, as the admin API's caller names them (app.api_actor checks it): a Matrix user
+# ID or a short name. It goes into the audit and the room's notice: no spaces, no markup.
+ACTOR_PATTERN = rf"^(@[{LOCALPART_CHARS}]+:[A-Za-z0-9.:\[\]-]+|[A-Za-z0-9._-]{{1,64}})$"
+ACTOR = {"type": "string", "maxLength": MAX_USER_ID_BYTES, "pattern": ACTOR_PATTERN}
 
 
 def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
@@ -80,8 +88,8 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/user/settings/sensitive/2fa": _object(
         ("enable",), enable=FLAG, secondFactor={"type": "string", "pattern": "^[0-9]{6}$"}
     ),
-    "/api/admin/registrations/{id}/approve": _object(),
-    "/api/admin/registrations/{id}/reject": _object(reason=TEXT),
+    "/api/admin/registrations/{id}/approve": _object(actor=ACTOR),
+    "/api/admin/registrations/{id}/reject": _object(reason=TEXT, actor=ACTOR),
     "/api/admin/users/{user_id}/suspend": _object(reason=TEXT),
     "/api/admin/users/{user_id}/unsuspend": _object(reason=TEXT),
     "/api/admin/users/{user_id}/deactivate": _object(erase=FLAG, reason=TEXT),
@@ -92,9 +100,23 @@ QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
         {"name": "token", "in": "query", "required": True, "schema": TEXT}
     ],
     "/api/admin/registrations": [
-        {"name": "state", "in": "query", "schema": STATE},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {
+            "name": "state",
+            "in": "query",
+            "description": "Only requests in this state; without it, only pending ones.",
+            "schema": {**STATE, "default": State.PENDING.value},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "description": "At most this many (capped at 500).",
+            "schema": {"type": "integer", "minimum": 0, "default": 50},
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "default": 0},
+        },
     ],
 }
 
