@@ -240,21 +240,38 @@ async def test_proof_of_work_and_honeypot(start_gatekeeper: StartGatekeeper) -> 
     gatekeeper = await start_gatekeeper(
         antibot={"proof_of_work": True, "proof_of_work_max_number": 2000, "honeypot": True}
     )
+    # The missing or wrong solution is named: any client must solve one, nothing to hide.
     status, body = await sign_up(gatekeeper, new_applicant())
-    assert (status, body["errcode"]) == REFUSED  # no solution
+    assert (status, body["errcode"], body["field"]) == (422, "GK_INVALID_FIELD", "altcha")
+    assert body["fields"] == {
+        "altcha": "is required: solve a challenge from GET /api/antibot/challenge and send "
+        "its solution"
+    }
 
     status, challenge = await api(gatekeeper, "GET", "/api/antibot/challenge")
     assert status == 200
     solved = solve(challenge)
     assert (await sign_up(gatekeeper, new_applicant(), altcha=solved))[0] == 201
     # A solution works once; a filled honeypot is refused even with a fresh solution.
-    assert (await sign_up(gatekeeper, new_applicant(), altcha=solved))[1]["errcode"] == REFUSED[1]
+    status, body = await sign_up(gatekeeper, new_applicant(), altcha=solved)
+    assert (status, body["field"]) == (422, "altcha")
+    assert body["error"].startswith("altcha is not a valid solution (wrong, expired or already")
     _, challenge = await api(gatekeeper, "GET", "/api/antibot/challenge")
     status, body = await sign_up(
         gatekeeper, new_applicant(), altcha=solve(challenge), website="http://spam.example"
     )
     assert (status, body["errcode"]) == REFUSED
+    assert "field" not in body
     assert await gatekeeper.db.fetchval("SELECT COUNT(*) FROM registration_request") == 1
+
+    # The served OpenAPI document asks for the solution, and says what it is.
+    _, document = await api(gatekeeper, "GET", "/api/openapi.json")
+    schema = document["paths"]["/api/auth/sign-up"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]
+    assert "altcha" in schema["required"]
+    assert "GET /api/antibot/challenge" in schema["properties"]["altcha"]["description"]
+    assert "`altcha`" in document["paths"]["/api/auth/sign-up"]["post"]["description"]
 
 
 @pytest.fixture

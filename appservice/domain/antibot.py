@@ -17,6 +17,7 @@ from altcha.v1 import AlgoType
 from mautrix.util.async_db import Database
 
 from gatekeeper.appservice.config import AntibotConfig
+from gatekeeper.appservice.domain.errors import ProofOfWorkFailed, SignUpRefused
 
 # The browser side is the vendored ALTCHA widget 2.3.0 (npm "altcha", dist_external build):
 # appservice/static/altcha.min.js, altcha-worker.js and altcha.css. Widget 2.x speaks the
@@ -27,6 +28,14 @@ WIDGET_VERSION: Final = "2.3.0"
 HONEYPOT_FIELD: Final = "website"
 PAYLOAD_FIELD: Final = "altcha"
 CHALLENGE_TTL: Final = timedelta(minutes=20)
+
+# What the API says of the `altcha` field when the proof of work fails.
+POW_MISSING: Final = (
+    "is required: solve a challenge from GET /api/antibot/challenge and send its solution"
+)
+POW_INVALID: Final = (
+    "is not a valid solution (wrong, expired or already used): solve a new challenge"
+)
 
 ALGORITHM: Final[AlgoType] = "SHA-256"
 # A genuine payload is about 350 characters; anything far larger is not worth decoding.
@@ -53,13 +62,19 @@ class AntiBot:
         )
         return issued.to_dict()
 
-    async def verify(self, body: Mapping[str, Any]) -> bool:
-        """Whether a sign-up body passes the enabled checks; malformed input fails them."""
+    async def check(self, body: Mapping[str, Any]) -> None:
+        """Raise SignUpRefused unless a sign-up body passes the enabled checks (malformed
+        input fails them): a filled honeypot gets the one neutral refusal, a proof of work
+        that is missing or wrong ProofOfWorkFailed, which says which."""
         if self.config.honeypot and body.get(HONEYPOT_FIELD) not in (None, ""):
-            return False
-        if self.config.proof_of_work:
-            return await self._verify_solution(body.get(PAYLOAD_FIELD))
-        return True
+            raise SignUpRefused("the honeypot field was filled in")
+        if not self.config.proof_of_work:
+            return
+        encoded = body.get(PAYLOAD_FIELD)
+        if encoded is None or encoded == "":
+            raise ProofOfWorkFailed(POW_MISSING)
+        if not await self._verify_solution(encoded):
+            raise ProofOfWorkFailed(POW_INVALID)
 
     async def _verify_solution(self, encoded: object) -> bool:
         payload = _decode(encoded)

@@ -7,6 +7,11 @@ class SignUpRefused(Exception):
     """Refused for a reason the applicant is not told (block, anti-bot): one neutral answer."""
 
 
+class ProofOfWorkFailed(SignUpRefused):
+    """The proof of work is missing or not a valid, fresh solution. Unlike the other
+    refusals the API names it (field `altcha`): every client must solve one anyway."""
+
+
 class SignUpsClosed(Exception):
     """The admins paused sign-ups; the reason is shown."""
 

@@ -193,8 +193,9 @@ class SignUps:
             reason = await self.gate.closed_reason()
             if reason is not None:
                 raise SignUpsClosed(reason)
-        if not await self.antibot.verify(body) or not await self.captcha.verify(body, address):
-            raise SignUpRefused("the anti-bot check failed")
+        await self.antibot.check(body)
+        if not await self.captcha.verify(body, address):
+            raise SignUpRefused("the CAPTCHA check failed")
         form = self.parse(body)
         why = await self.gate.blocked_by(form.localpart, form.email, address)
         if why is not None:

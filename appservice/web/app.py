@@ -15,10 +15,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.antibot import PAYLOAD_FIELD
 from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.errors import (
     FieldErrors,
     InviteInvalid,
+    ProofOfWorkFailed,
     SignUpRefused,
     SignUpsClosed,
 )
@@ -148,9 +150,17 @@ class WebApi:
         nothing is stored: its owner gets a mail about the try instead. With
         `registration.password: after_approval` the body has no `password` (one sent is a
         422 on that field): the welcome mail's link sets it.
+
+        With `antibot.proof_of_work` on, the body also needs `altcha`: the solution of a
+        challenge from `GET /api/antibot/challenge`, as the ALTCHA widget sends it, base64
+        of the JSON `{"algorithm", "challenge", "number", "salt", "signature"}` (the
+        challenge's fields, with the `number` found). Each solution counts once, within 20
+        minutes. Without one, or with a wrong one, the answer is a 422 on `altcha`.
         """
         try:
             created = await self.signups.sign_up(await json_body(request), request.remote or "")
+        except ProofOfWorkFailed as failed:
+            raise FieldErrors({PAYLOAD_FIELD: str(failed)}) from None
         except SignUpRefused:
             raise ApiError(403, "GK_SIGNUP_REFUSED", "This sign-up was not accepted.") from None
         except SignUpsClosed as closed:
@@ -578,7 +588,10 @@ def create_web_app(
     # For load balancers and container health checks; the metrics listener has it too.
     add.add_get("/health", monitoring.health)
     document = openapi_document(
-        app, api.config.homeserver.domain, api.config.registration.password_after_approval
+        app,
+        api.config.homeserver.domain,
+        api.config.registration.password_after_approval,
+        api.config.antibot.proof_of_work,
     )
 
     async def openapi(_: web.Request) -> web.Response:

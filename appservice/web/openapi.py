@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gatekeeper.appservice.domain.antibot import MAX_PAYLOAD_CHARS, PAYLOAD_FIELD
 from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.passwords import MAX_BYTES, MIN_LENGTH
 from gatekeeper.appservice.domain.registration_request import State
@@ -60,6 +61,14 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
         language=LANGUAGE,
         reason={"type": "string", "maxLength": MAX_REASON_CHARS},
         invite=TEXT,
+        # Required under antibot.proof_of_work: see _request_body().
+        altcha={
+            "type": "string",
+            "maxLength": MAX_PAYLOAD_CHARS,
+            "description": "With antibot.proof_of_work: the solution of a challenge from "
+            "GET /api/antibot/challenge, base64 of the JSON {algorithm, challenge, number, "
+            "salt, signature}.",
+        },
     ),
     "/api/user/confirm-email": _object(("token",), token=TEXT),
     "/api/user/re-trigger-confirmation-email": _object(("email",), email=EMAIL),
@@ -316,7 +325,12 @@ def _without_password(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _operation(
-    method: str, path: str, handler: Any, domain: str, password_after_approval: bool
+    method: str,
+    path: str,
+    handler: Any,
+    domain: str,
+    password_after_approval: bool,
+    proof_of_work: bool,
 ) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
@@ -352,7 +366,9 @@ def _operation(
         operation["requestBody"] = {
             "required": path in REQUEST_BODIES and "required" in REQUEST_BODIES[path],
             "content": {
-                "application/json": {"schema": _request_body(path, domain, password_after_approval)}
+                "application/json": {
+                    "schema": _request_body(path, domain, password_after_approval, proof_of_work)
+                }
             },
         }
     if path.startswith("/api/admin/"):
@@ -362,15 +378,24 @@ def _operation(
     return operation
 
 
-def _request_body(path: str, domain: str, password_after_approval: bool) -> dict[str, Any]:
+def _request_body(
+    path: str, domain: str, password_after_approval: bool, proof_of_work: bool
+) -> dict[str, Any]:
     schema = _with_user_name_limit(REQUEST_BODIES.get(path, _object()), domain)
-    if path == "/api/auth/sign-up" and password_after_approval:
-        return _without_password(schema)
+    if path != "/api/auth/sign-up":
+        return schema
+    if password_after_approval:
+        schema = _without_password(schema)
+    if proof_of_work:
+        schema = {**schema, "required": [*schema.get("required", []), PAYLOAD_FIELD]}
     return schema
 
 
 def openapi_document(
-    app: web.Application, domain: str, password_after_approval: bool = False
+    app: web.Application,
+    domain: str,
+    password_after_approval: bool = False,
+    proof_of_work: bool = False,
 ) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
@@ -379,7 +404,7 @@ def openapi_document(
         if not path or not path.startswith("/api/") or route.method == "HEAD":
             continue
         paths.setdefault(path, {})[route.method.lower()] = _operation(
-            route.method, path, route.handler, domain, password_after_approval
+            route.method, path, route.handler, domain, password_after_approval, proof_of_work
         )
     return {
         "openapi": "3.0.3",
