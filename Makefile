@@ -4,7 +4,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# One stamp per extra of pyproject.toml: a .venv made for the demo gets the rest of the
+# developer stack at the first make test.
+INSTALLED := $(VENV)/.installed-dev
+DEMO_INSTALLED := $(VENV)/.installed-demo
 export GATEKEEPER_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
 # The browser tests drive Debian's Chromium; Playwright never downloads one.
 export GATEKEEPER_CHROMIUM ?= /usr/bin/chromium
@@ -14,11 +17,30 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(INSTALLED)
 
+# Quietly: a pip config may name package folders that hold only some packages (file://
+# indexes), and pip then warns once per other package: those lines go, pip's other output
+# and its exit status stay. setuptools' note on editable installs (a package folder in the
+# working directory comes first, which is the point here) is silenced too.
+PIP := PYTHONWARNINGS=ignore:::setuptools.command.editable_wheel $(BIN)/python -m pip \
+  install --quiet --disable-pip-version-check
+PIP_NOISE := ^WARNING: Location 'file://[^']*' is ignored: it is neither a file nor a directory\.$$
+define pip_install
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@{ { $(PIP) --upgrade pip && $(PIP) -c constraints.txt -e '.[$(1)]'; echo $$? >&3; } 2>&1 \
+	  | { grep -v "$(PIP_NOISE)" || true; } >&2; } 3>&1 | { read status; exit $$status; }
+endef
+
+# Everything: the runtime, Synapse, the test and lint tools ([dev] holds [demo]).
 $(INSTALLED): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(INSTALLED)
+	@echo "Installing Gatekeeper, Synapse and the developer tools into $(VENV) (first run: a few minutes)…"
+	$(call pip_install,dev)
+	@touch $(INSTALLED) $(DEMO_INSTALLED)
+
+# Only what make demo runs: Gatekeeper and Synapse.
+$(DEMO_INSTALLED): pyproject.toml constraints.txt
+	@echo "Installing Gatekeeper and Synapse into $(VENV) (first run: about a minute)…"
+	$(call pip_install,demo)
+	@touch $(DEMO_INSTALLED)
 
 # Refresh constraints.txt after changing pyproject.toml's dependencies, then run make test.
 lock: install
@@ -70,7 +92,7 @@ stress-ng:
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-demo: install
+demo: $(DEMO_INSTALLED)
 	$(BIN)/python -m harness.demo $(if $(ENCRYPTED),--encrypted) $(if $(AFTER_APPROVAL),--after-approval)
 
 # The references in docs/ are generated from the code; tests/test_docs.py checks they are current.

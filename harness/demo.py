@@ -270,7 +270,7 @@ async def _run(encrypted: bool, after_approval: bool) -> int:
                 if after_approval
                 else ""
             )
-            + "Mails (confirmation links) are shown here and kept in .demo/mail.log.\n"
+            + f"Mails (confirmation links) are shown here and kept in {DEMO}/mail.log.\n"
             f"Logs: {DEMO}/synapse/homeserver.log, {config_path.parent}/gatekeeper.log\n"
             "Press Ctrl-C (or close the terminal) to stop both.",
         )
