@@ -39,6 +39,7 @@ from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.gate import Gate
 from gatekeeper.appservice.domain.moderation import Moderation
 from gatekeeper.appservice.domain.registrations import Outcome
+from gatekeeper.appservice.domain.two_factor import TwoFactorResets
 from gatekeeper.appservice.homeserver.encryption import BotEncryption, RoomMessages
 from gatekeeper.appservice.storage.bot_state import BotState
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
@@ -51,6 +52,7 @@ from gatekeeper.bot.commands import (
     command,
     parse_command,
 )
+from gatekeeper.bot.commands_accounts import AccountCommands
 from gatekeeper.bot.commands_gate import GateCommands
 from gatekeeper.bot.commands_moderation import ModerationCommands
 from gatekeeper.bot.commands_reports import ReportCommands
@@ -80,6 +82,7 @@ class AdminBot:
         decisions: Decisions,
         gate: Gate,
         moderation: Moderation,
+        two_factor: TwoFactorResets,
         messages: RoomMessages,
         encryption: BotEncryption | None,
         encryption_missing: str | None,
@@ -107,6 +110,7 @@ class AdminBot:
             GateCommands(gate, self.prefix, config.web.public_base_url),
             ReportCommands(store, gate),
             ModerationCommands(config, moderation, self.room.is_admin),
+            AccountCommands(two_factor, config.homeserver.domain),
         )
 
     async def start(self) -> None:
@@ -332,4 +336,5 @@ COMMAND_CLASSES: tuple[type, ...] = (
     GateCommands,
     ReportCommands,
     ModerationCommands,
+    AccountCommands,
 )

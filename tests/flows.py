@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import aiohttp
+import pyotp
 from mautrix.types import RoomID
 
 from gatekeeper.appservice.runtime.program import Gatekeeper
@@ -249,3 +250,28 @@ async def all_mail_sent(gatekeeper: Gatekeeper) -> None:
         return int(unsent) == 0
 
     await wait_until(drained, timeout=20)
+
+
+@dataclass(frozen=True)
+class TwoFactor:
+    totp: pyotp.TOTP
+    recovery_codes: list[str]
+    confirming_code: str  # the code that turned it on: accepted once already
+
+
+async def turn_on_2fa(client: WebClient, applicant: Applicant) -> TwoFactor:
+    """Turn on 2FA through the API, logged in as `applicant`."""
+    status, enrolment = await client.post("/api/user/settings/generate-temporary-2fa")
+    assert status == 200
+    assert enrolment["qrCodeSvg"].startswith("<svg")
+    assert enrolment["secret"] in enrolment["otpauthUri"]
+    totp = pyotp.TOTP(enrolment["secret"])
+    assert (await client.post("/api/user/settings/sudo", {"password": applicant.password}))[1] == {
+        "success": True
+    }
+    code = totp.now()
+    status, body = await client.post(
+        "/api/user/settings/sensitive/2fa", {"enable": True, "secondFactor": code}
+    )
+    assert (status, body["enabled"]) == (200, True)
+    return TwoFactor(totp, body["recoveryCodes"], code)

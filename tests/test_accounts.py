@@ -24,6 +24,7 @@ from tests.flows import (
     can_log_in,
     link_token,
     logged_in,
+    turn_on_2fa,
 )
 
 NEW_PASSWORD = "another fine passphrase 77"
@@ -42,19 +43,7 @@ async def gatekeeper(start_gatekeeper: StartGatekeeper, synapse: Homeserver) -> 
 
 
 async def enable_totp(client: WebClient, applicant: Applicant) -> pyotp.TOTP:
-    status, enrolment = await client.post("/api/user/settings/generate-temporary-2fa")
-    assert status == 200
-    assert enrolment["qrCodeSvg"].startswith("<svg")
-    assert enrolment["secret"] in enrolment["otpauthUri"]
-    totp = pyotp.TOTP(enrolment["secret"])
-    assert (await client.post("/api/user/settings/sudo", {"password": applicant.password}))[1] == {
-        "success": True
-    }
-    status, body = await client.post(
-        "/api/user/settings/sensitive/2fa", {"enable": True, "secondFactor": totp.now()}
-    )
-    assert (status, body) == (200, {"enabled": True})
-    return totp
+    return (await turn_on_2fa(client, applicant)).totp
 
 
 def later_code(totp: pyotp.TOTP, steps: int = 1) -> str:
@@ -86,7 +75,7 @@ async def test_a_persons_whole_story(
             "/api/auth/login-with-second-factor",
             {**login, "secondFactor": later_code(totp), "rememberDevice": True},
         )
-        assert (status, body) == (200, {"loggedIn": True})
+        assert (status, body) == (200, {"loggedIn": True, "status": "logged-in"})
         await client.post("/api/auth/logout", {"forgetDevice": False})
         # The remembered device skips the code, never the password.
         assert await client.post("/api/auth/login", login) == (200, {"status": "logged-in"})
@@ -285,7 +274,7 @@ async def test_wrong_code_counts_as_a_failed_attempt(
         for _ in range(2):
             assert await client.post("/api/auth/login-with-second-factor", body) == (
                 200,
-                {"loggedIn": False},
+                {"loggedIn": False, "status": "invalid-credentials"},
             )
         _status, answer = await client.post("/api/auth/login-with-second-factor", body)
         assert answer["loggedIn"] is False

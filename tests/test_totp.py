@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 
 import pyotp
@@ -214,3 +215,66 @@ async def test_tampered_seed_fails_closed(setup: Setup, caplog: pytest.LogCaptur
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     assert secret not in caplog.text
     assert valid not in caplog.text
+
+
+async def test_a_wrong_code_keeps_the_pending_seed(setup: Setup) -> None:
+    store, rid = setup.store, setup.request_id
+    shown = await store.start_enrolment(rid, ACCOUNT)
+    right = code(shown.secret, T0)
+    assert not await store.confirm_enrolment(rid, f"{(int(right) + 1) % 1_000_000:06d}")
+    # The same key, QR code and all: the app that scanned it keeps giving valid codes.
+    assert await store.pending_enrolment(rid, ACCOUNT) == shown
+    assert await store.confirm_enrolment(rid, right)
+    assert await store.pending_enrolment(rid, ACCOUNT) is None
+
+
+async def test_just_used_names_a_code_accepted_a_moment_ago(setup: Setup) -> None:
+    store, rid = setup.store, setup.request_id
+    enrolment = await store.start_enrolment(rid, ACCOUNT)
+    confirming = code(enrolment.secret, T0)
+    assert not await store.just_used(rid, confirming)  # not on yet
+    assert await store.confirm_enrolment(rid, confirming)
+    # The enrolment's code, typed again at login in the same 30 s: refused, and told apart.
+    assert not await store.verify(rid, confirming)
+    assert await store.just_used(rid, confirming)
+    wrong = f"{(int(confirming) + 1) % 1_000_000:06d}"
+    assert not await store.just_used(rid, wrong)
+    assert not await store.just_used(rid, "abc")
+    following = code(enrolment.secret, T0 + 30)
+    assert not await store.just_used(rid, following)
+    assert await store.verify(rid, following)
+    assert await store.just_used(rid, following)
+    setup.clock.at = T0 + 120  # out of the window: an old code is just wrong
+    assert not await store.just_used(rid, following)
+
+
+async def test_recovery_codes_work_once_and_only_their_hashes_are_kept(setup: Setup) -> None:
+    store, rid = setup.store, setup.request_id
+    await enabled(setup)
+    codes = await store.new_recovery_codes(rid)
+    assert len(codes) == len(set(codes)) == 10
+    assert all(re.fullmatch(r"[a-z2-9]{4}(-[a-z2-9]{4}){3}", c) for c in codes)
+    stored = [dict(r) for r in await setup.db.fetch("SELECT * FROM recovery_code")]
+    assert len(stored) == 10
+    assert not any(c in str(row) or c.replace("-", "") in str(row) for c in codes for row in stored)
+    assert await store.recovery_codes_left(rid) == 10
+    # As typed: any case, spaces for dashes.
+    assert await store.use_recovery_code(rid, f" {codes[0].upper().replace('-', ' ')} ")
+    assert not await store.use_recovery_code(rid, codes[0])
+    assert await store.recovery_codes_left(rid) == 9
+    assert not await store.use_recovery_code(rid, "aaaa-bbbb-cccc-dddd")
+    results = await asyncio.gather(*(store.use_recovery_code(rid, codes[1]) for _ in range(6)))
+    assert results.count(True) == 1
+
+
+async def test_new_recovery_codes_replace_the_old_and_disable_ends_them(setup: Setup) -> None:
+    store, rid = setup.store, setup.request_id
+    await enabled(setup)
+    old = await store.new_recovery_codes(rid)
+    new = await store.new_recovery_codes(rid)
+    assert not set(old) & set(new)
+    assert not await store.use_recovery_code(rid, old[0])
+    assert await store.disable(rid)
+    assert not await store.use_recovery_code(rid, new[0])
+    assert await store.recovery_codes_left(rid) == 0
+    assert not await store.disable(rid)  # nothing was on any more

@@ -1,7 +1,9 @@
 """Self-service for applicants and account holders: login, second factor, reset, changes.
 
-Every answer that could tell whether an email is known is the same for known and
-unknown addresses, and the password hasher runs on both paths.
+People log in with their email address, user name or Matrix ID. Every answer that could
+tell whether one is known is the same for known and unknown ones, and the password
+hasher runs on both paths. Failed logins count against the account, whichever of its
+names was typed.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
 from gatekeeper.appservice.domain.errors import FieldErrors
 from gatekeeper.appservice.domain.passwords import PasswordHasher, password_problem
-from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registration_request import (
+    LOGIN_STATES,
+    RegistrationRequest,
+    State,
+)
 from gatekeeper.appservice.domain.signup import valid_email
 from gatekeeper.appservice.homeserver.account_backend import (
     AccountBackend,
@@ -53,6 +59,11 @@ class LoginStatus(enum.StrEnum):
     LOGGED_IN = "logged-in"
     SECOND_FACTOR_REQUIRED = "second-factor-required"
     INVALID_CREDENTIALS = "invalid-credentials"
+    # The password was right and the code too, but it was accepted a moment ago (at login
+    # or when 2FA was turned on): a code works once, so wait for the app's next one.
+    CODE_JUST_USED = "code-just-used"
+    # The second-factor form's ticket is used up or too old: type the password again.
+    TICKET_EXPIRED = "ticket-expired"
 
 
 class MatrixOutcome(enum.StrEnum):
@@ -70,6 +81,14 @@ class LoginResult:
     session: Session | None = None
     device_token: str | None = None
     timeout_until_ms: int | None = None
+    # For the second factor's next try: stands for the right password (Sessions.TICKET_MS).
+    ticket: str | None = None
+
+
+def lockout_name(request: RegistrationRequest | None, typed: str = "") -> str:
+    """What failed logins count against: the account, whichever of its names was typed;
+    for an unknown name, the name (so it locks just like a known one)."""
+    return f"request:{request.id}" if request is not None else f"typed:{typed}"
 
 
 class Accounts:
@@ -99,20 +118,25 @@ class Accounts:
         self.backend = backend
         self.box = box
         self.login_limit = Limit(config.security.login_attempts_per_minute, 60)
+        self.domain = config.homeserver.domain
         self.password_after_approval = config.registration.password_after_approval
         self._background: set[asyncio.Task[None]] = set()
 
+    async def _locked_until(self, name: str) -> int | None:
+        try:
+            await self.lockout.check(name)
+        except RateLimited as limited:
+            return now_ms() + limited.retry_after * 1000
+        return None
+
     async def _check_password(
-        self, email: str, password: str
+        self, identifier: str, password: str
     ) -> tuple[RegistrationRequest | None, int | None]:
         """The request if the password is right and the account not locked; else the
-        lock's end (if locked). The hasher runs whether or not the email is known."""
-        locked_until = None
-        try:
-            await self.lockout.check(email)
-        except RateLimited as limited:
-            locked_until = now_ms() + limited.retry_after * 1000
-        request = await self.store.for_login(email)
+        lock's end (if locked). The hasher runs whether or not the identifier is known."""
+        request = await self.store.for_login(identifier, self.domain)
+        name = lockout_name(request, identifier)
+        locked_until = await self._locked_until(name)
         if request is None or not request.password_hash:
             # Unknown, or no password set yet: the same work, so the time tells nothing.
             await self.hasher.verify_dummy(password)
@@ -122,52 +146,83 @@ class Accounts:
         if locked_until is not None:
             return None, locked_until
         if not right or request is None:
-            await self.lockout.failure(email)
+            await self.lockout.failure(name)
             return None, None
         if self.hasher.needs_rehash(request.password_hash):
             await self.store.set_password_hash(request.id, await self.hasher.hash(password))
         return request, None
 
     async def login(
-        self, email: str, password: str, address: str, device_token: str | None
+        self, identifier: str, password: str, address: str, device_token: str | None
     ) -> LoginResult:
+        """`identifier`: the email address, the user name or the Matrix ID. With 2FA on
+        (and the device not remembered) the result carries a ticket for the second step."""
         await self.limiter.hit(address_key("login", address), self.login_limit)
-        request, _ = await self._check_password(email, password)
+        request, _ = await self._check_password(identifier, password)
         if request is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS)
         if await self.totp.is_enabled(request.id) and not await self.sessions.device_remembered(
             request.id, device_token
         ):
-            return LoginResult(LoginStatus.SECOND_FACTOR_REQUIRED)
-        await self.lockout.success(email)
+            ticket = await self.sessions.issue_ticket(request.id)
+            return LoginResult(LoginStatus.SECOND_FACTOR_REQUIRED, ticket=ticket)
+        await self.lockout.success(lockout_name(request, identifier))
         token, session = await self.sessions.create(request.id)
         return LoginResult(LoginStatus.LOGGED_IN, token, session)
 
     async def login_with_second_factor(
-        self, email: str, password: str, code: str, remember: bool, address: str
+        self, identifier: str, password: str, code: str, remember: bool, address: str
     ) -> LoginResult:
+        """Both factors at once (the JSON API); `code` is a TOTP or a recovery code."""
         await self.limiter.hit(address_key("2fa", address), self.login_limit)
-        request, locked_until = await self._check_password(email, password)
+        request, locked_until = await self._check_password(identifier, password)
         if request is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
-        if not await self.totp.verify(request.id, code):
-            # A wrong or missing code is a failed attempt like a wrong password.
-            await self.lockout.failure(email)
-            try:
-                await self.lockout.check(email)
-            except RateLimited as limited:
-                locked_until = now_ms() + limited.retry_after * 1000
+        return await self._second_factor(request, code, remember)
+
+    async def login_with_ticket(
+        self, ticket: str, code: str, remember: bool, address: str
+    ) -> LoginResult:
+        """The second step after `login()` (the login page): its ticket stands for the
+        password. Each try uses the ticket up; a wrong code gets a new one that ends when
+        the first would have, a lock or a login none."""
+        await self.limiter.hit(address_key("2fa", address), self.login_limit)
+        redeemed = await self.sessions.redeem_ticket(ticket)
+        request = await self.store.get(redeemed[0]) if redeemed else None
+        if redeemed is None or request is None or request.state not in LOGIN_STATES:
+            return LoginResult(LoginStatus.TICKET_EXPIRED)
+        locked_until = await self._locked_until(lockout_name(request))
+        if locked_until is not None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
-        await self.lockout.success(email)
-        token, session = await self.sessions.create(request.id)
-        device = await self.sessions.remember_device(request.id) if remember else None
-        return LoginResult(LoginStatus.LOGGED_IN, token, session, device)
+        result = await self._second_factor(request, code, remember)
+        if result.status is LoginStatus.LOGGED_IN or result.timeout_until_ms is not None:
+            return result
+        return replace(result, ticket=await self.sessions.issue_ticket(request.id, redeemed[1]))
+
+    async def _second_factor(
+        self, request: RegistrationRequest, code: str, remember: bool
+    ) -> LoginResult:
+        """After a right password: log in if `code` is a valid TOTP code or an unused
+        recovery code. A wrong or missing one is a failed attempt like a wrong password."""
+        name = lockout_name(request)
+        if await self.totp.verify(request.id, code) or await self.totp.use_recovery_code(
+            request.id, code
+        ):
+            await self.lockout.success(name)
+            token, session = await self.sessions.create(request.id)
+            device = await self.sessions.remember_device(request.id) if remember else None
+            return LoginResult(LoginStatus.LOGGED_IN, token, session, device)
+        await self.lockout.failure(name)
+        locked_until = await self._locked_until(name)
+        just_used = locked_until is None and await self.totp.just_used(request.id, code)
+        status = LoginStatus.CODE_JUST_USED if just_used else LoginStatus.INVALID_CREDENTIALS
+        return LoginResult(status, timeout_until_ms=locked_until)
 
     # --- reset ---------------------------------------------------------------------------
 
     async def request_password_reset(self, email: str, address: str) -> None:
         await self.limiter.hit(address_key("reset", address), RESET_PER_ADDRESS)
-        request = await self.store.for_login(email)
+        request = await self.store.for_login(email, self.domain)
         if request is None:
             return
         # The mail is queued after the answer, so a known address answers as fast as an
@@ -299,14 +354,30 @@ class Accounts:
             return "matrix-unchanged", changed.email
         return "new-email-confirmed", changed.email
 
-    async def start_2fa(self, request: RegistrationRequest) -> Enrolment:
-        return await self.totp.start_enrolment(request.id, request.email)
+    async def start_2fa(self, request: RegistrationRequest, restart: bool = False) -> Enrolment:
+        """The enrolment waiting for its confirming code, if any (an app may have scanned
+        it already); a new seed if there is none or `restart`."""
+        pending = None if restart else await self.pending_2fa(request)
+        return pending or await self.totp.start_enrolment(request.id, request.email)
 
-    async def enable_2fa(self, request: RegistrationRequest, session: Session, code: str) -> bool:
+    async def pending_2fa(self, request: RegistrationRequest) -> Enrolment | None:
+        return await self.totp.pending_enrolment(request.id, request.email)
+
+    async def enable_2fa(
+        self, request: RegistrationRequest, session: Session, code: str
+    ) -> list[str] | None:
+        """The new recovery codes, to show once; None if the code does not confirm the
+        pending seed (which stays pending)."""
         if not await self.totp.confirm_enrolment(request.id, code):
-            return False
+            return None
         await self.sessions.end_all_others(request.id, session)
-        return True
+        return await self.totp.new_recovery_codes(request.id)
+
+    async def new_recovery_codes(self, request: RegistrationRequest) -> list[str] | None:
+        """A new set of recovery codes (the old ones stop working); None with 2FA off."""
+        if not await self.totp.is_enabled(request.id):
+            return None
+        return await self.totp.new_recovery_codes(request.id)
 
     async def disable_2fa(self, request: RegistrationRequest, session: Session) -> None:
         await self.totp.disable(request.id)
@@ -315,9 +386,8 @@ class Accounts:
     async def sudo(
         self, request: RegistrationRequest, session: Session, password: str
     ) -> str | None:
-        email = request.email
-        checked, _ = await self._check_password(email, password)
+        checked, _ = await self._check_password(request.email, password)
         if checked is None or checked.id != request.id:
             return None
-        await self.lockout.success(email)
+        await self.lockout.success(lockout_name(checked))
         return await self.sessions.grant_sudo(session)

@@ -148,6 +148,11 @@ class ApplicantMail:
             await self._send(conn, request, "email_changed", old_email, new_email=request.email)
         self.mailer.wake()
 
+    async def two_factor_reset(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
+        """The admins turned the second factor off: in the transaction that did it."""
+        login_link = f"{self.config.web.public_base_url}/login"
+        await self._send(conn, request, "two_factor_reset", login_link=login_link)
+
     async def welcome(self, conn: LoggingConnection, request: RegistrationRequest) -> None:
         await self._send(conn, request, "welcome", homeserver_url=self.config.homeserver.client_url)
 

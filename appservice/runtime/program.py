@@ -27,6 +27,7 @@ from gatekeeper.appservice.domain.passwords import PasswordHasher
 from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.domain.signup import SignUps
+from gatekeeper.appservice.domain.two_factor import TwoFactorResets
 from gatekeeper.appservice.homeserver.account_backend import AccountBackend
 from gatekeeper.appservice.homeserver.appservice_listener import GatekeeperAppService
 from gatekeeper.appservice.homeserver.backends import account_backend
@@ -104,6 +105,7 @@ class Core:
     accounts: AccountBackend
     gate: Gate
     moderation: Moderation
+    two_factor: TwoFactorResets
     leadership: Leadership
     monitoring: Monitoring
 
@@ -190,6 +192,7 @@ class Gatekeeper:
             accounts=accounts,
             gate=Gate(db, config.registration, BotState(db), room_note=self._room_note),
             moderation=Moderation(config, db, store, registrations, accounts, sessions, totp),
+            two_factor=TwoFactorResets(config, db, store, totp, sessions, mail),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),
         )
@@ -331,6 +334,7 @@ class Gatekeeper:
                 core.decisions,
                 core.gate,
                 core.moderation,
+                core.two_factor,
                 RoomMessages(appservice.intent, self.encryption),
                 self.encryption,
                 encryption_missing,

@@ -158,12 +158,22 @@ class RegistrationStore:
         )
         return RegistrationRequest.from_row(row) if row else None
 
-    async def for_login(self, email: str) -> RegistrationRequest | None:
-        """The newest request of this address whose owner may log in."""
+    async def for_login(self, identifier: str, domain: str) -> RegistrationRequest | None:
+        """The newest request whose owner may log in, named as they may type it: the email
+        address, the user name (`ann`) or the Matrix ID (`@ann:domain`) on `domain`."""
+        typed = identifier.strip()
+        if "@" in typed[1:]:
+            where, value = "LOWER(email)=LOWER($1)", typed
+        else:
+            localpart, colon, server = typed.removeprefix("@").partition(":")
+            if colon and server.lower() != domain.lower():
+                return None  # another server's user has no account here
+            # Localparts are lower case; Matrix clients accept them typed in any case too.
+            where, value = "localpart=$1", localpart.lower()
         rows = await self.db.fetch(
-            "SELECT * FROM registration_request WHERE LOWER(email)=LOWER($1)"
+            f"SELECT * FROM registration_request WHERE {where}"  # noqa: S608 (ours)
             " AND email_verified ORDER BY created_at DESC",
-            email.strip(),
+            value,
         )
         for row in rows:
             request = RegistrationRequest.from_row(row)

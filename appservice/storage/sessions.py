@@ -1,4 +1,5 @@
-"""Web sessions, sudo and remembered devices: random tokens, only their hashes stored."""
+"""Web sessions, sudo, remembered devices and second-factor tickets: random tokens, only
+their hashes stored."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from gatekeeper.appservice.timeutil import now_ms
 
 TOKEN_BYTES = 32  # 256 bits, above the 128 our security rules ask for
 SEEN_RESOLUTION_MS = 60_000  # write last_seen at most once a minute per session
+# A right password waits this long for its second factor, then it must be typed again.
+TICKET_MS = 5 * 60_000
 
 
 def token_hash(token: str) -> str:
@@ -95,13 +98,15 @@ class Sessions:
         await self.db.execute("DELETE FROM web_session WHERE token_hash=$1", session.token_hash)
 
     async def end_all_others(self, request_id: str, keep: Session | None) -> None:
-        """After a password, email or 2FA change: every other session and device goes."""
+        """After a password, email or 2FA change: every other session and device goes, and
+        so does every password still waiting for its second factor."""
         await self.db.execute(
             "DELETE FROM web_session WHERE request_id=$1 AND token_hash <> $2",
             request_id,
             keep.token_hash if keep else "",
         )
         await self.db.execute("DELETE FROM remembered_device WHERE request_id=$1", request_id)
+        await self.db.execute("DELETE FROM second_factor_ticket WHERE request_id=$1", request_id)
 
     async def grant_sudo(self, session: Session) -> str:
         token = new_token()
@@ -151,3 +156,32 @@ class Sessions:
             await self.db.execute(
                 "DELETE FROM remembered_device WHERE token_hash=$1", token_hash(token)
             )
+
+    async def issue_ticket(self, request_id: str, expires_at: int | None = None) -> str:
+        """A ticket that stands for a right password until `expires_at` (by default
+        TICKET_MS from now), for the second-factor form to carry instead of the password."""
+        token = new_token()
+        now = now_ms()
+        # Tickets nobody came back for are swept here, the only place that makes them.
+        await self.db.execute("DELETE FROM second_factor_ticket WHERE expires_at <= $1", now)
+        await self.db.execute(
+            "INSERT INTO second_factor_ticket (token_hash, request_id, expires_at)"
+            " VALUES ($1, $2, $3)",
+            token_hash(token),
+            request_id,
+            expires_at or now + TICKET_MS,
+        )
+        return token
+
+    async def redeem_ticket(self, token: str) -> tuple[str, int] | None:
+        """(request ID, expiry) of a live ticket, which is used up; of concurrent
+        redemptions only one gets it."""
+        if not token:
+            return None
+        row = await self.db.fetchrow(
+            "DELETE FROM second_factor_ticket WHERE token_hash=$1 RETURNING request_id, expires_at",
+            token_hash(token),
+        )
+        if row is None or row["expires_at"] <= now_ms():
+            return None
+        return str(row["request_id"]), int(row["expires_at"])

@@ -49,7 +49,11 @@ class AccountApi:
 
     async def login(self, request: web.Request) -> web.Response:
         """`{"email", "password"}` → `{"status": "logged-in" | "second-factor-required" |
-        "invalid-credentials"}`"""
+        "invalid-credentials"}`
+
+        `email` takes what people log in with: the email address, the user name (`ann`) or
+        the Matrix ID (`@ann:example.org`). Failed tries count against the account
+        whichever was typed, and an unknown one is answered like a wrong password."""
         body = await json_body(request)
         result = await self.accounts.login(
             text_field(body, "email"),
@@ -64,7 +68,13 @@ class AccountApi:
 
     async def login_with_second_factor(self, request: web.Request) -> web.Response:
         """`{"email", "password", "secondFactor", "rememberDevice"}` →
-        `{"loggedIn": bool, "timeoutUntil"?: ISO time}`"""
+        `{"loggedIn": bool, "status", "timeoutUntil"?: ISO time}`
+
+        `email` as for login. `secondFactor` is the 6-digit code of the authenticator app or
+        one of the recovery codes (each works once). `status` is `logged-in`,
+        `invalid-credentials`, or `code-just-used`: the password and the code were right,
+        but that code was accepted a moment ago (a code works once): send the app's next
+        one. `timeoutUntil`: the account is locked until then after too many failures."""
         body = await json_body(request)
         result = await self.accounts.login_with_second_factor(
             text_field(body, "email"),
@@ -73,7 +83,10 @@ class AccountApi:
             flag_field(body, "rememberDevice"),
             client_address(request),
         )
-        answer: dict[str, Any] = {"loggedIn": result.status is LoginStatus.LOGGED_IN}
+        answer: dict[str, Any] = {
+            "loggedIn": result.status is LoginStatus.LOGGED_IN,
+            "status": result.status.value,
+        }
         if result.timeout_until_ms is not None:
             answer["timeoutUntil"] = datetime.fromtimestamp(
                 result.timeout_until_ms / 1000, UTC
@@ -182,8 +195,15 @@ class AccountApi:
         return web.json_response({"status": status, "email": email})
 
     async def generate_temporary_2fa(self, request: web.Request) -> web.Response:
-        """`{}` → `{"secret", "otpauthUri", "qrCodeSvg"}`; active only once confirmed."""
-        enrolment = await self.accounts.start_2fa(request[ACCOUNT_KEY])
+        """`{"restart"?: bool}` → `{"secret", "otpauthUri", "qrCodeSvg"}`; active only once
+        confirmed.
+
+        While an enrolment waits for its confirming code, this answers the same secret
+        again (an app may have scanned it already); `"restart": true` makes a new one."""
+        body = await json_body(request) if request.body_exists else {}
+        enrolment = await self.accounts.start_2fa(
+            request[ACCOUNT_KEY], restart=flag_field(body, "restart")
+        )
         return web.json_response(
             {
                 "secret": enrolment.secret,
@@ -210,14 +230,29 @@ class AccountApi:
         return web.json_response(self._password_answer(outcome))
 
     async def second_factor(self, request: web.Request) -> web.Response:
-        """`{"enable": true, "secondFactor": "123456"}` or `{"enable": false}` → `{"enabled"}`"""
+        """`{"enable": true, "secondFactor": "123456"}` or `{"enable": false}` →
+        `{"enabled", "recoveryCodes"?}`
+
+        Turning it on answers the recovery codes, once: each logs in once instead of a code
+        of the app. A wrong code leaves the enrolment waiting, with the same secret."""
         body = await json_body(request)
         account, session = request[ACCOUNT_KEY], request[SESSION_KEY]
         if flag_field(body, "enable"):
-            if not await self.accounts.enable_2fa(
+            codes = await self.accounts.enable_2fa(
                 account, session, str(body.get("secondFactor") or "")
-            ):
+            )
+            if codes is None:
                 raise ApiError(400, "GK_WRONG_CODE", "That code is not right.", "secondFactor")
-            return web.json_response({"enabled": True})
+            return web.json_response({"enabled": True, "recoveryCodes": codes})
         await self.accounts.disable_2fa(account, session)
         return web.json_response({"enabled": False})
+
+    async def recovery_codes(self, request: web.Request) -> web.Response:
+        """`{}` → `{"recoveryCodes": […]}`: a new set, shown once; the old codes stop
+        working. Answers 409 `GK_2FA_OFF` while two-factor login is off."""
+        codes = await self.accounts.new_recovery_codes(request[ACCOUNT_KEY])
+        if codes is None:
+            raise ApiError(
+                409, "GK_2FA_OFF", "Two-factor login is off: there is nothing to recover."
+            )
+        return web.json_response({"recoveryCodes": codes})

@@ -30,6 +30,8 @@ NEW_PASSWORD = {"type": "string", "minLength": MIN_LENGTH, "maxLength": MAX_BYTE
 LANGUAGE = {"type": "string", "enum": Catalogue().languages}
 TIME = {"type": "string", "format": "date-time"}
 STATE = {"type": "string", "enum": [state.value for state in State]}
+# An authenticator app's code, or a recovery code (storage/totp.py: four groups of four).
+SECOND_FACTOR = {"type": "string", "pattern": "^([0-9]{6}|[a-z2-9]{4}(-[a-z2-9]{4}){3})$"}
 # Who decided, as the admin API's caller names them (app.api_actor checks it): a Matrix user
 # ID or a short name. It goes into the audit and the room's notice: no spaces, no markup.
 ACTOR_PATTERN = rf"^(@[{LOCALPART_CHARS}]+:[A-Za-z0-9.:\[\]-]+|[A-Za-z0-9._-]{{1,64}})$"
@@ -73,12 +75,13 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/user/confirm-email": _object(("token",), token=TEXT),
     "/api/user/re-trigger-confirmation-email": _object(("email",), email=EMAIL),
     "/api/registration/withdraw": _object(("token",), token=TEXT),
-    "/api/auth/login": _object(("email", "password"), email=EMAIL, password=TEXT),
+    # `email` is what people log in with: the email address, user name or Matrix ID.
+    "/api/auth/login": _object(("email", "password"), email=TEXT, password=TEXT),
     "/api/auth/login-with-second-factor": _object(
         ("email", "password", "secondFactor"),
-        email=EMAIL,
+        email=TEXT,
         password=TEXT,
-        secondFactor={"type": "string", "pattern": "^[0-9]{6}$"},
+        secondFactor=SECOND_FACTOR,
         rememberDevice=FLAG,
     ),
     "/api/auth/logout": _object(forgetDevice=FLAG),
@@ -89,7 +92,7 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/user/settings/language": _object(("language",), language=LANGUAGE),
     "/api/user/settings/sudo": _object(("password",), password=TEXT),
     "/api/user/settings/confirm-email-change": _object(("token",), token=TEXT),
-    "/api/user/settings/generate-temporary-2fa": _object(),
+    "/api/user/settings/generate-temporary-2fa": _object(restart=FLAG),
     "/api/user/settings/sensitive/change-email": _object(("newEmail",), newEmail=EMAIL),
     "/api/user/settings/sensitive/change-password": _object(
         ("newPassword",), newPassword=NEW_PASSWORD
@@ -97,6 +100,7 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/user/settings/sensitive/2fa": _object(
         ("enable",), enable=FLAG, secondFactor={"type": "string", "pattern": "^[0-9]{6}$"}
     ),
+    "/api/user/settings/sensitive/recovery-codes": _object(),
     "/api/admin/registrations/{id}/approve": _object(actor=ACTOR),
     "/api/admin/registrations/{id}/reject": _object(reason=TEXT, actor=ACTOR),
     "/api/admin/users/{user_id}/suspend": _object(reason=TEXT),
@@ -188,6 +192,7 @@ WHOIS = _object(
     moderationRefused=_nullable(TEXT),
 )
 EMPTY = _object()
+RECOVERY_CODES = {"type": "array", "items": TEXT}
 
 # The success answer of each path: its status and body schema.
 RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
@@ -201,7 +206,12 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
     ),
     "/api/auth/login-with-second-factor": (
         200,
-        _object(("loggedIn",), loggedIn=FLAG, timeoutUntil=TIME),
+        _object(
+            ("loggedIn", "status"),
+            loggedIn=FLAG,
+            status=_one_of("logged-in", "invalid-credentials", "code-just-used"),
+            timeoutUntil=TIME,
+        ),
     ),
     "/api/auth/logout": (200, EMPTY),
     "/api/auth/request-password-reset": (200, EMPTY),
@@ -250,7 +260,14 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
         200,
         _object(("status",), status=_one_of("success", "matrix-unchanged"), message=TEXT),
     ),
-    "/api/user/settings/sensitive/2fa": (200, _object(("enabled",), enabled=FLAG)),
+    "/api/user/settings/sensitive/2fa": (
+        200,
+        _object(("enabled",), enabled=FLAG, recoveryCodes=RECOVERY_CODES),
+    ),
+    "/api/user/settings/sensitive/recovery-codes": (
+        200,
+        _object(("recoveryCodes",), recoveryCodes=RECOVERY_CODES),
+    ),
     "/api/auth/sign-up": (201, _object(("status", "userId"), status=STATE, userId=TEXT)),
     "/api/user/confirm-email": (
         200,

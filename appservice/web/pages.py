@@ -367,39 +367,51 @@ class Pages:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        email, password = str(form.get("email", "")), str(form.get("password", ""))
+        # The field keeps its old name; it takes the email, the user name or the Matrix ID.
+        identifier, password = str(form.get("email", "")), str(form.get("password", ""))
         result = await self.accounts.login(
-            email, password, request.remote or "", self.cookies.get(request, DEVICE_TOKEN)
+            identifier, password, request.remote or "", self.cookies.get(request, DEVICE_TOKEN)
         )
-        lang = self.language(request)
         if result.status is LoginStatus.SECOND_FACTOR_REQUIRED:
-            return self.render(
-                request,
-                "second_factor.html",
-                "page.second_factor.title",
-                form={"email": email, "password": password},
-                message="",
-            )
+            return self._second_factor_form(request, result.ticket, "")
         if result.status is LoginStatus.LOGGED_IN:
             response = redirect("/settings")
             self.cookies.start_session(response, result, self.csrf)
             return response
+        return self._login_form(request, identifier, "page.login.invalid")
+
+    def _login_form(
+        self, request: web.Request, identifier: str, key: str, **params: str
+    ) -> web.Response:
         return self.render(
             request,
             "login.html",
             "page.login.title",
             status=401,
-            form={"email": email},
-            message=self.catalogue.text(lang, "page.login.invalid"),
+            form={"email": identifier},
+            message=self.catalogue.text(self.language(request), key, **params),
+        )
+
+    def _second_factor_form(
+        self, request: web.Request, ticket: str | None, message: str, status: int = 200
+    ) -> web.Response:
+        """The code form: its ticket stands for the password, which never comes back."""
+        return self.render(
+            request,
+            "second_factor.html",
+            "page.second_factor.title",
+            status=status,
+            ticket=ticket,
+            message=message,
         )
 
     async def second_factor(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        email, password = str(form.get("email", "")), str(form.get("password", ""))
-        result = await self.accounts.login_with_second_factor(
-            email,
-            password,
-            str(form.get("secondFactor", "")),
+        # The recovery form sends recoveryCode; the main form the app's code.
+        code = str(form.get("recoveryCode") or form.get("secondFactor") or "")
+        result = await self.accounts.login_with_ticket(
+            str(form.get("ticket", "")),
+            code,
             form.get("rememberDevice") == "on",
             request.remote or "",
         )
@@ -407,21 +419,20 @@ class Pages:
             response = redirect("/settings")
             self.cookies.start_session(response, result, self.csrf)
             return response
-        lang = self.language(request)
-        message = self.catalogue.text(lang, "page.second_factor.wrong")
         if result.timeout_until_ms is not None:
             until = datetime.fromtimestamp(result.timeout_until_ms / 1000, UTC).strftime(
                 "%H:%M UTC"
             )
-            message = self.catalogue.text(lang, "page.second_factor.locked", time=until)
-        return self.render(
-            request,
-            "second_factor.html",
-            "page.second_factor.title",
-            status=401,
-            form={"email": email, "password": password},
-            message=message,
+            return self._login_form(request, "", "page.second_factor.locked", time=until)
+        if result.ticket is None:
+            return self._login_form(request, "", "page.second_factor.expired")
+        key = (
+            "page.second_factor.just_used"
+            if result.status is LoginStatus.CODE_JUST_USED
+            else "page.second_factor.wrong"
         )
+        message = self.catalogue.text(self.language(request), key)
+        return self._second_factor_form(request, result.ticket, message, status=401)
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         session = request.get(SESSION_KEY)
@@ -517,11 +528,13 @@ class Pages:
         kind: str = "info",
         errors: dict[str, str] | None = None,
         enrolment: Enrolment | None = None,
+        recovery_codes: list[str] | None = None,
         status: int = 200,
         **params: str,
     ) -> web.Response:
         session, account = await self._account(request)
         lang = self.language(request, account.language)
+        tfa_enabled = await self.accounts.totp.is_enabled(account.id)
         return self.render(
             request,
             "settings.html",
@@ -533,7 +546,11 @@ class Pages:
             account_language=account.language,
             user_id=account.user_id(self.config.homeserver.domain),
             sudo=self.sessions.has_sudo(session, self.cookies.get(request, SUDO_TOKEN)),
-            tfa_enabled=await self.accounts.totp.is_enabled(account.id),
+            tfa_enabled=tfa_enabled,
+            recovery_left=await self.accounts.totp.recovery_codes_left(account.id)
+            if tfa_enabled
+            else 0,
+            recovery_codes=recovery_codes,
             # MAS's own account pages, if the operator prefers them for these changes.
             account_url=self.config.homeserver.mas.account_url
             if self.config.homeserver.mas
@@ -600,17 +617,37 @@ class Pages:
     async def start_2fa(self, request: web.Request) -> web.Response:
         session, account = await self._account(request)
         self._needs_sudo(request, session)
-        return await self.settings(request, enrolment=await self.accounts.start_2fa(account))
+        restart = (await request.post()).get("restart") == "on"
+        enrolment = await self.accounts.start_2fa(account, restart=restart)
+        return await self.settings(request, enrolment=enrolment)
 
     async def enable_2fa(self, request: web.Request) -> web.Response:
         session, account = await self._account(request)
         self._needs_sudo(request, session)
         code = str((await request.post()).get("secondFactor", ""))
-        if not await self.accounts.enable_2fa(account, session, code):
+        codes = await self.accounts.enable_2fa(account, session, code)
+        if codes is None:
+            # The same key again: the app that scanned it keeps giving the right codes.
             return await self.settings(
-                request, message_key="page.second_factor.wrong", kind="error", status=422
+                request,
+                message_key="page.second_factor.wrong",
+                kind="error",
+                enrolment=await self.accounts.pending_2fa(account),
+                status=422,
             )
-        return await self.settings(request, message_key="page.settings.tfa_enabled")
+        return await self.settings(
+            request, message_key="page.settings.tfa_enabled", recovery_codes=codes
+        )
+
+    async def new_recovery_codes(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        codes = await self.accounts.new_recovery_codes(account)
+        if codes is None:
+            return await self.settings(request, message_key="page.settings.tfa_off", kind="error")
+        return await self.settings(
+            request, message_key="page.settings.recovery_replaced", recovery_codes=codes
+        )
 
     async def disable_2fa(self, request: web.Request) -> web.Response:
         session, account = await self._account(request)
