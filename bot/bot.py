@@ -40,6 +40,7 @@ from gatekeeper.appservice.domain.gate import Gate
 from gatekeeper.appservice.domain.moderation import Moderation
 from gatekeeper.appservice.domain.registrations import Outcome
 from gatekeeper.appservice.domain.two_factor import TwoFactorResets
+from gatekeeper.appservice.homeserver.account_backend import ProvisioningRefused
 from gatekeeper.appservice.homeserver.encryption import BotEncryption, RoomMessages
 from gatekeeper.appservice.storage.bot_state import BotState
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
@@ -122,11 +123,15 @@ class AdminBot:
         if created:
             assert self.room.room_id is not None
             await self.send(self.room.room_id, Reply(WELCOME.format(prefix=self.prefix)))
+
+    async def join_newcomer_rooms(self) -> None:
+        """Where only the bot brings newcomers in (MAS), it must be in their rooms. (On
+        Synapse it invites only where the admin API cannot join them, and then joins the
+        room as it invites: see invite_newcomer.)"""
         for room in self.config.registration.newcomer_rooms:
             await self._join_newcomer_room(room)
 
     async def _join_newcomer_room(self, room: str) -> None:
-        """Without an admin token the bot invites newcomers, so it must be in their rooms."""
         try:
             # The setting holds IDs and aliases alike (both plain strings to mautrix).
             room_id_or_alias = RoomAlias(room) if room.startswith("#") else RoomID(room)
@@ -300,11 +305,24 @@ class AdminBot:
             )
 
     async def invite_newcomer(self, user_id: str, room: str) -> None:
-        """Invite a new account to a room the operator lists for newcomers."""
-        room_id = room
-        if room.startswith("#"):
-            room_id = (await self.intent.resolve_room_alias(RoomAlias(room))).room_id
-        await self.intent.invite_user(RoomID(room_id), UserID(user_id))
+        """Invite a new account to a room the operator lists for newcomers, joining the
+        room first if the bot is not in it; ProvisioningRefused says why it cannot."""
+        try:
+            room_id = room
+            if room.startswith("#"):
+                room_id = (await self.intent.resolve_room_alias(RoomAlias(room))).room_id
+            # mautrix joins the room first if the bot is not in it yet.
+            await self.intent.invite_user(RoomID(room_id), UserID(user_id))
+        except IntentError:
+            raise ProvisioningRefused(
+                "M_FORBIDDEN", f"the bot {self.intent.mxid} is not in the room and cannot join", 403
+            ) from None
+        except MatrixRequestError as error:
+            raise ProvisioningRefused(
+                error.errcode,
+                f"the bot's invite: {error.errcode}: {(error.message or '')[:200]}",
+                error.http_status,
+            ) from None
 
     async def send(self, room_id: RoomID, reply: Reply, in_reply_to: EventID | None = None) -> None:
         content = content_of(reply)

@@ -249,3 +249,28 @@ async def test_the_settings_page_can_send_people_to_mas_for_password_and_email(
     assert await page.locator("form[action='/settings/email']").count() == 0
     # What stays Gatekeeper's own: the second factor.
     assert await page.locator("form[action='/settings/2fa/start']").count() == 1
+
+
+async def test_on_mas_a_newcomer_room_the_bot_cannot_invite_to_is_told_to_the_admins(
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser, mas: MasStandin
+) -> None:
+    # MAS joins nobody to rooms, and the bot was never asked into this invite-only one.
+    lobby = await alice.api.create_room(name="Closed lobby")
+    gatekeeper, room_id = await started_with_room(
+        start_gatekeeper,
+        alice,
+        homeserver=with_mas(mas),
+        registration={**NO_CONFIRMATION, "newcomer_rooms": [lobby]},
+    )
+    ann = new_applicant()
+    assert (await sign_up(gatekeeper, ann))[0] == 201
+    await approved_in_room(gatekeeper, alice, room_id, ann)
+
+    note = await alice.wait_for(
+        lambda e: (
+            e["room_id"] == room_id
+            and e["sender"] == BOT
+            and f"{ann.user_id} could not be brought into {lobby}" in e["content"].get("body", "")
+        )
+    )
+    assert "is not in the room and cannot join" in note["content"]["body"]

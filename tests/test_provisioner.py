@@ -21,6 +21,7 @@ from gatekeeper.appservice.homeserver.account_backend import (
     AccountTaken,
     HomeserverUnavailable,
     NewAccount,
+    ProvisioningRefused,
 )
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
@@ -40,6 +41,7 @@ class FakeBackend:
         self.answers: list[Answer] = []
         self.created: list[tuple[str, str | None, str | None, str | None]] = []
         self.joined: list[tuple[str, str]] = []
+        self.join_refusals: list[Exception] = []  # raised by the next joins, in turn
         self.can_join_users = False
 
     async def create_account(self, account: NewAccount) -> str:
@@ -52,6 +54,8 @@ class FakeBackend:
         return answer
 
     async def join_room(self, user_id: str, room_id_or_alias: str) -> None:
+        if self.join_refusals:
+            raise self.join_refusals.pop(0)
         self.joined.append((user_id, room_id_or_alias))
 
 
@@ -94,6 +98,7 @@ class Setup:
     clock: Clock
     make: Callable[..., Provisioner]
     invited: list[tuple[str, str]] = field(default_factory=list)
+    noted: list[str] = field(default_factory=list)
 
     async def approved(
         self, localpart: str = "ann", with_password: bool = True
@@ -137,8 +142,13 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
     box = SecretBox(config.security)
     invited: list[tuple[str, str]] = []
 
+    noted: list[str] = []
+
     async def invite(user_id: str, room: str) -> None:
         invited.append((user_id, room))
+
+    async def note(text: str) -> None:
+        noted.append(text)
 
     def make(admin_token: str | None = None) -> Provisioner:
         synapse.can_join_users = admin_token is not None
@@ -150,9 +160,10 @@ async def setup(db: Database, monkeypatch: pytest.MonkeyPatch) -> Setup:
             box,
             cast(ApplicantMail, mail),
             invite,
+            note,
         )
 
-    return Setup(registrations, store, synapse, mail, box, clock, make, invited)
+    return Setup(registrations, store, synapse, mail, box, clock, make, invited, noted)
 
 
 async def step_at(setup: Setup, provisioner: Provisioner, at_ms: int) -> float | None:
@@ -185,7 +196,7 @@ async def test_success_makes_the_account_and_forgets_the_password(setup: Setup) 
     assert (done.provision_attempts, done.last_error, done.password_encrypted) == (1, None, None)
     assert setup.synapse.created == [("ann", PASSWORD, "ann", "ann@example.org")]
     assert [r.id for r in setup.mail.welcomed] == [request.id]
-    # Without an admin token the bot invites the newcomer; with one, Synapse joins them.
+    # Where the homeserver cannot join users (MAS), the bot invites the newcomer.
     assert setup.invited == [("@ann:example.org", "#welcome:example.org")]
     assert setup.synapse.joined == []
 
@@ -196,6 +207,35 @@ async def test_with_an_admin_token_newcomers_are_joined(setup: Setup) -> None:
     await setup.make(admin_token="syt_admin").step()
     assert setup.synapse.joined == [("@ann:example.org", "#welcome:example.org")]
     assert setup.invited == []
+
+
+def not_open(what: str) -> ProvisioningRefused:
+    return ProvisioningRefused("M_FORBIDDEN", f"{what}: HTTP 403 M_FORBIDDEN", 403)
+
+
+async def test_a_room_closed_to_the_admin_api_gets_the_bots_invite_then_the_join(
+    setup: Setup,
+) -> None:
+    await setup.approved()
+    setup.synapse.answers = ["@ann:example.org"]
+    setup.synapse.join_refusals = [not_open("joining")]
+    await setup.make(admin_token="syt_admin").step()
+    assert setup.invited == [("@ann:example.org", "#welcome:example.org")]
+    assert setup.synapse.joined == [("@ann:example.org", "#welcome:example.org")]
+    assert setup.noted == []
+
+
+async def test_a_room_that_takes_nobody_in_is_told_to_the_admin_room(setup: Setup) -> None:
+    request = await setup.approved()
+    setup.synapse.answers = ["@ann:example.org"]
+    setup.synapse.join_refusals = [not_open("joining"), not_open("joining as @ann")]
+    await setup.make(admin_token="syt_admin").step()
+    assert (await setup.get(request.id)).state is State.ACTIVE  # the account stands
+    assert setup.noted == [
+        "⚠️ @ann:example.org could not be brought into #welcome:example.org: joining as @ann: "
+        "HTTP 403 M_FORBIDDEN. Invite them yourself; the operator guide's “Newcomer rooms” "
+        "says what Gatekeeper needs in such a room."
+    ]
 
 
 async def test_temporary_failures_back_off_then_give_up(setup: Setup) -> None:

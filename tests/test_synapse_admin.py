@@ -361,6 +361,40 @@ async def test_join_room_with_the_admin_api(
     assert user_id in body["joined"]
 
 
+async def test_shared_secret_alone_joins_public_rooms_and_invited_users(
+    shared_secret_client: SynapseAdmin, synapse: Homeserver, admin_token: str
+) -> None:
+    """Gatekeeper's own admin user is in none of these rooms: where the admin API's join
+    cannot invite, the user joins itself, which leaves it no device."""
+    client = shared_secret_client
+    rooms: dict[str, list[str]] = {}
+    for preset in ("public_chat", "private_chat", "private_chat"):
+        status, body = await call(
+            synapse, "POST", "/_matrix/client/v3/createRoom", admin_token, {"preset": preset}
+        )
+        assert status == 200
+        rooms.setdefault(preset, []).append(body["room_id"])
+    (public,), (invited, closed) = rooms["public_chat"], rooms["private_chat"]
+    user_id = await client.create_account(
+        NewAccount(fresh_localpart(), fresh_password(), None, None, approved_at_ms=0)
+    )
+    path = f"/_matrix/client/v3/rooms/{quoted(invited)}/invite"
+    assert (await call(synapse, "POST", path, admin_token, {"user_id": user_id}))[0] == 200
+
+    await client.join_room(user_id, public)
+    await client.join_room(user_id, invited)
+    with pytest.raises(ProvisioningRefused) as refused:
+        await client.join_room(user_id, closed)
+    assert refused.value.status == 403
+
+    for room, member in ((public, True), (invited, True), (closed, False)):
+        path = f"/_matrix/client/v3/rooms/{quoted(room)}/joined_members"
+        status, body = await call(synapse, "GET", path, admin_token)
+        assert (status, user_id in body["joined"]) == (200, member)
+    path = f"/_synapse/admin/v2/users/{quoted(user_id)}/devices"
+    assert (await call(synapse, "GET", path, admin_token))[1]["devices"] == []
+
+
 # --- homeservers that do not answer --------------------------------------------------------
 
 

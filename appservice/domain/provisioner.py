@@ -22,8 +22,11 @@ from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.provisioner")
 
-# Without an admin token, newcomers are invited to their rooms by the bot instead.
+# Where the homeserver cannot join newcomers to a room, the bot invites them. It raises
+# ProvisioningRefused when it cannot.
 Inviter = Callable[[str, str], Awaitable[None]]
+# A one-line note into the admin room (Gatekeeper._room_note).
+RoomNote = Callable[[str], Awaitable[None]]
 
 
 class Provisioner:
@@ -36,6 +39,7 @@ class Provisioner:
         box: SecretBox,
         mail: ApplicantMail,
         invite: Inviter,
+        room_note: RoomNote,
     ) -> None:
         self.config = config.registration
         self.registrations = registrations
@@ -44,6 +48,7 @@ class Provisioner:
         self.box = box
         self.mail = mail
         self.invite = invite
+        self.room_note = room_note
 
     async def step(self) -> float | None:
         """Provision every due request; return seconds until the next retry is due."""
@@ -115,10 +120,37 @@ class Provisioner:
     async def _join_newcomer_rooms(self, user_id: str) -> None:
         for room in self.config.newcomer_rooms:
             try:
-                if self.backend.can_join_users:
-                    await self.backend.join_room(user_id, room)
-                else:
-                    await self.invite(user_id, room)
-            except Exception:
-                # The account exists; a room that fails to take them in is the admins' to fix.
+                await self._bring_in(user_id, room)
+            except (ProvisioningRefused, HomeserverUnavailable) as error:
+                log.warning("Could not bring %s into %s: %s", user_id, room, error)
+                await self._tell_admins(user_id, room, str(error))
+            except Exception as error:
                 log.exception("Could not bring %s into %s", user_id, room)
+                await self._tell_admins(user_id, room, f"{type(error).__name__} (see the log)")
+
+    async def _tell_admins(self, user_id: str, room: str, problem: str) -> None:
+        """The account exists; a room that does not take it in is the admins' to fix."""
+        try:
+            await self.room_note(
+                f"⚠️ {user_id} could not be brought into {room}: {problem[:300]}. Invite "
+                "them yourself; the operator guide's “Newcomer rooms” says what Gatekeeper "
+                "needs in such a room."
+            )
+        except Exception:
+            log.exception("Could not tell the admin room that %s is not in %s", user_id, room)
+
+    async def _bring_in(self, user_id: str, room: str) -> None:
+        """Join the account to the room, or at least invite it (MAS joins nobody)."""
+        if self.backend.can_join_users:
+            try:
+                await self.backend.join_room(user_id, room)
+                return
+            except ProvisioningRefused as refused:
+                if refused.status != 403:
+                    raise
+            # An invite-only room where Gatekeeper's admin user may not invite: the bot
+            # invites, and then the account can join.
+            await self.invite(user_id, room)
+            await self.backend.join_room(user_id, room)
+            return
+        await self.invite(user_id, room)

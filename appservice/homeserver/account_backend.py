@@ -75,7 +75,8 @@ class AccountBackend(Protocol):
 
     @property
     def can_join_users(self) -> bool:
-        """Whether `join_room` works here; else newcomers are invited by the bot."""
+        """Whether `join_room` works here (Synapse); else (MAS) newcomers are only invited,
+        by the bot."""
         ...
 
     async def username_available(self, localpart: str) -> Availability: ...

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -46,6 +47,8 @@ _DEVICE_NAME = "Gatekeeper password check"
 _ADMIN_DEVICE_ID = "GATEKEEPER_ADMIN"
 _ADMIN_DEVICE_NAME = "Gatekeeper (password and email changes)"
 ADMIN_TOKEN_STATE_KEY = "synapse_admin_token"  # noqa: S105 (a key name)
+# How long a token for joining a room as a new user may live (it is logged out at once).
+_LOGIN_AS_MS = 60_000
 
 
 _ERRCODE_AVAILABILITY = {
@@ -211,7 +214,9 @@ class SynapseAdmin:
 
     @property
     def can_join_users(self) -> bool:
-        return self._admin_token is not None
+        # The admin API's join needs a server admin: the configured one, or the admin user
+        # that the shared secret makes for Gatekeeper.
+        return self._admin_token is not None or self._shared_secret is not None
 
     async def create_account(self, account: NewAccount) -> str:
         """Create the account, or adopt the one an earlier attempt made; return its user ID.
@@ -412,13 +417,48 @@ class SynapseAdmin:
         )
 
     async def join_room(self, user_id: str, room_id_or_alias: str) -> None:
-        await self._admin_call(
+        """Join the user to the room, or ProvisioningRefused (403 if the room is not open
+        to them). The admin API's join invites first where the room wants an invite, which
+        only works if the admin is in the room and may invite; else the user joins
+        itself, which works in a public room or with an invite someone else sent."""
+        what = f"joining {user_id} to {room_id_or_alias}"
+        try:
+            await self._admin_call(
+                "join users to rooms",
+                what,
+                "POST",
+                f"/_synapse/admin/v1/join/{_path_part(room_id_or_alias)}",
+                {"user_id": user_id},
+            )
+            return
+        except ProvisioningRefused as refused:
+            if refused.status != 403:
+                raise
+        await self._join_as(user_id, room_id_or_alias, what)
+
+    async def _join_as(self, user_id: str, room_id_or_alias: str, what: str) -> None:
+        """Join as the user, with a token of the admin API's "login as" (it makes no device)
+        that lives a minute at most and is logged out at once."""
+        login = await self._admin_call(
             "join users to rooms",
-            f"joining {user_id} to {room_id_or_alias}",
+            f"logging in as {user_id} to join {room_id_or_alias}",
             "POST",
-            f"/_synapse/admin/v1/join/{_path_part(room_id_or_alias)}",
-            {"user_id": user_id},
+            f"/_synapse/admin/v1/users/{_path_part(user_id)}/login",
+            {"valid_until_ms": int(time.time() * 1000) + _LOGIN_AS_MS},
         )
+        token = str(login.get("access_token", ""))
+        try:
+            answer = await self._request(
+                "POST",
+                f"/_matrix/client/v3/join/{_path_part(room_id_or_alias)}",
+                token=token,
+                json_body={},
+                what=f"{what} (as {user_id})",
+            )
+        finally:
+            await self._logout(user_id, token, None)
+        if answer.status != 200:
+            raise answer.refused(f"{what} (as {user_id})")
 
     async def set_suspended(self, user_id: str, suspended: bool) -> None:
         await self._admin_call(
@@ -450,8 +490,8 @@ class SynapseAdmin:
 
     async def _admin_call(
         self, task: str, what: str, method: str, path: str, body: dict[str, Any]
-    ) -> None:
-        """One admin-API call that needs an admin's token and must answer 200."""
+    ) -> dict[str, Any]:
+        """One admin-API call that needs an admin's token and must answer 200; its answer."""
         token = await self._admin_token_for(task)
         answer = await self._request(method, path, token=token, json_body=body, what=what)
         if answer.status == 401 and self._admin_token is None:
@@ -460,6 +500,7 @@ class SynapseAdmin:
             answer = await self._request(method, path, token=token, json_body=body, what=what)
         if answer.status != 200:
             raise answer.refused(what)
+        return answer.body
 
     async def _admin_token_for(self, task: str) -> str:
         """The configured admin token, else the token of Gatekeeper's own admin user."""

@@ -344,6 +344,8 @@ class Gatekeeper:
             # Early: Synapse retries what it held back while we were down, and marks us up.
             await self._ping_from_homeserver()
             await bot.start()
+            if not core.accounts.can_join_users:
+                await bot.join_newcomer_rooms()
         except MUnknownToken:
             raise StartupError(
                 "the homeserver does not know our as_token: add registration.yaml to Synapse's "
@@ -366,6 +368,7 @@ class Gatekeeper:
             core.box,
             core.mail,
             bot.invite_newcomer,
+            self._room_note,
         )
         ttl_ms = int(config.registration.request_ttl_hours * 3_600_000)
         sweep_seconds = min(SWEEP_SECONDS, ttl_ms / 4000)
