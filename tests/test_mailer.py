@@ -12,7 +12,7 @@ from mautrix.util.async_db import Database
 from pydantic import SecretStr
 
 from gatekeeper.appservice.config import SecurityConfig, SmtpConfig
-from gatekeeper.appservice.domain.i18n import Catalogue, placeholders
+from gatekeeper.appservice.domain.i18n import Catalogue, CatalogueError, _read, placeholders
 from gatekeeper.appservice.runtime.mailer import Mailer
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.database import transaction
@@ -208,6 +208,7 @@ MAIL_PARAMS = {
         "confirm_link": "https://signup.example.org/confirm?token=abc",
         "status_link": "https://signup.example.org/status?token=def",
         "hours": "1",
+        "button": "Yes, confirm my address",
     },
     "mail.welcome": {"user_id": "@ann:example.org", "homeserver_url": "https://example.org"},
     "mail.rejected": {"user_id": "@ann:example.org", "reason": "spam"},
@@ -257,3 +258,32 @@ def test_every_mail_renders_with_its_parameters(language: str, mail: str) -> Non
     assert "\n" not in subject
     for value in params.values():
         assert value in subject + body
+
+
+@pytest.mark.parametrize(
+    ("language", "one", "two"), [("en", "1 hour", "2 hours"), ("de", "1 Stunde", "2 Stunden")]
+)
+def test_a_count_takes_its_plural_form(language: str, one: str, two: str) -> None:
+    catalogue = Catalogue()
+    counted = 0
+    for key in catalogue.keys(language):
+        template = catalogue.template(language, key)
+        assert "(s)" not in template, key
+        assert "(n)" not in template, key
+        if "hours" not in placeholders(template):
+            continue
+        params: dict[str, str | int] = {name: "x" for name in placeholders(template)}
+        once = " ".join(catalogue.text(language, key, **{**params, "hours": 1}).split())
+        twice = " ".join(catalogue.text(language, key, **{**params, "hours": "2"}).split())
+        assert one in once, key
+        assert two not in once, key
+        assert two in twice, key
+        counted += 1
+    assert counted >= 5  # the confirmation, welcome, reset, email change and in-use mails
+
+
+def test_a_plural_needs_exactly_two_forms() -> None:
+    with pytest.raises(CatalogueError, match=r"xx\.yaml: mail\.x: \{hours:Stunde\} must be"):
+        _read("xx.yaml", 'mail.x: "{hours} {hours:Stunde}"')
+    with pytest.raises(CatalogueError, match=r"xx\.yaml: mail\.x: "):
+        _read("xx.yaml", 'mail.x: "{hours"')

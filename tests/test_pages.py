@@ -105,7 +105,6 @@ async def test_the_whole_story_in_a_browser(
     assert "on its way" in (await page.text_content(".notice") or "")
     reset_mail = await smtp.wait_for(uma.email, "reset")
     await page.goto(link(reset_mail, "reset-password"))
-    await page.fill("#email", uma.email)
     await page.fill("#newPassword", NEW_PASSWORD)
     await page.click("button[type=submit]")
     assert "password is changed" in (await page.text_content("main") or "")
@@ -128,10 +127,15 @@ async def test_errors_are_shown_next_to_their_fields(
     await page.click("button[type=submit]")
 
     assert await page.text_content("#userName-error") == (
-        "may only contain a-z, 0-9 and . _ = - / +"
+        "A username may only contain the letters a–z, the digits 0–9"
+        " and the characters . _ = - / + (no spaces)."
     )
-    assert await page.text_content("#email-error") == "is not a valid email address"
-    assert await page.text_content("#password-error") == "must be at least 8 characters"
+    assert await page.text_content("#email-error") == (
+        "This does not look like an email address. Please check it (for example name@example.org)."
+    )
+    assert await page.text_content("#password-error") == (
+        "The password must be at least 8 characters long. A few words make a good one."
+    )
     assert await page.get_attribute("#email", "aria-invalid") == "true"
     assert await page.input_value("#userName") == "Not Valid!"  # kept for correcting
     assert await gatekeeper.db.fetchval("SELECT COUNT(*) FROM registration_request") == 0
@@ -149,7 +153,7 @@ async def test_german_pages(start_gatekeeper: StartGatekeeper, browser: Any) -> 
         )
         assert await page.get_attribute("html", "lang") == "de"
         await page.click("button[type=submit]")
-        assert await page.text_content("#userName-error") == "ist ein Pflichtfeld"
+        assert await page.text_content("#userName-error") == "Bitte wählen Sie einen Benutzernamen."
         await page.click("text=English")  # the switcher
         assert await page.text_content("button[type=submit]") == "Ask for an account"
         await page.goto(f"{web_url(gatekeeper)}/login")  # the choice is remembered

@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from gatekeeper.appservice.domain.errors import FieldErrors
+from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS, SignUpForm, SignUps, valid_email
 from gatekeeper.appservice.homeserver.account_backend import Availability
 from tests.example_config import example_config
@@ -27,7 +28,7 @@ LONGEST = 255 - len(f"@:{DOMAIN}")
 
 
 class Names:
-    """What check_name_free asks: our own requests, then Synapse."""
+    """What check() asks about a name: our own requests, then Synapse."""
 
     def __init__(self, requested: bool, availability: Availability) -> None:
         self.requested = requested
@@ -43,7 +44,7 @@ class Names:
 
 
 def sign_ups(names: Names | None = None, **registration: Any) -> SignUps:
-    """parse() and check_name_free() use the config and, for the latter, the two look-ups
+    """parse() and check() use the config and, for the latter, the two look-ups
     of `names`; none of the other peers a SignUps holds is touched."""
     unused = cast(Any, None)
     return SignUps(
@@ -62,27 +63,30 @@ def sign_ups(names: Names | None = None, **registration: Any) -> SignUps:
 
 
 def errors_of(body: dict[str, Any], **registration: Any) -> dict[str, str]:
-    with pytest.raises(FieldErrors) as raised:
-        sign_ups(**registration).parse(body)
-    return raised.value.errors
+    return sign_ups(**registration).parse(body)[1]
 
 
 def test_a_good_sign_up_is_normalised() -> None:
-    form = sign_ups().parse(
+    answer = sign_ups().parse(
         {**GOOD, "userName": "  Ann.Smith ", "email": " ann@EXAMPLE.org ", "reason": " hi \n"}
     )
-    assert form == SignUpForm(
-        localpart="ann.smith",
-        email="ann@example.org",
-        language="de",
-        password=GOOD["password"],
-        reason="hi",
+    assert answer == (
+        SignUpForm(
+            localpart="ann.smith",
+            email="ann@example.org",
+            language="de",
+            password=GOOD["password"],
+            reason="hi",
+        ),
+        {},
     )
 
 
 def test_language_and_reason_may_be_left_out() -> None:
-    form = sign_ups().parse({k: v for k, v in GOOD.items() if k not in ("language", "reason")})
-    assert (form.language, form.reason) == ("en", "")
+    form, errors = sign_ups().parse(
+        {k: v for k, v in GOOD.items() if k not in ("language", "reason")}
+    )
+    assert (form.language, form.reason, errors) == ("en", "", {})
 
 
 CASES: list[tuple[dict[str, Any], str, str]] = [
@@ -131,7 +135,7 @@ def test_bad_field_is_named(change: dict[str, Any], field: str, message: str) ->
     ],
 )
 def test_limits_themselves_are_allowed(change: dict[str, Any]) -> None:
-    sign_ups().parse({**GOOD, **change})
+    assert errors_of({**GOOD, **change}) == {}
 
 
 def test_every_bad_field_at_once() -> None:
@@ -168,7 +172,8 @@ def test_reserved_names_come_from_the_config() -> None:
     assert errors_of({**GOOD, "userName": "team-blue"}, **config_names) == {
         "userName": "is reserved"
     }
-    assert sign_ups(**config_names).parse({**GOOD, "userName": "root"}).localpart == "root"
+    form, errors = sign_ups(**config_names).parse({**GOOD, "userName": "root"})
+    assert (form.localpart, errors) == ("root", {})
 
 
 def test_field_errors_name_every_field_in_the_message() -> None:
@@ -198,7 +203,7 @@ async def test_a_name_that_is_not_free(
 ) -> None:
     names = Names(requested, availability)
     with pytest.raises(FieldErrors) as raised:
-        await sign_ups(names).check_name_free("ann")
+        await sign_ups(names).check(GOOD)
     assert raised.value.errors == {"userName": message}
     # A name one of our requests holds is taken without asking Synapse.
     assert names.asked == ([] if requested else ["ann"])
@@ -206,9 +211,54 @@ async def test_a_name_that_is_not_free(
 
 async def test_a_free_name_passes() -> None:
     names = Names(False, Availability.AVAILABLE)
-    await sign_ups(names).check_name_free("ann")
+    assert (await sign_ups(names).check(GOOD)).localpart == "ann"
     assert names.asked == ["ann"]
+
+
+async def test_a_taken_name_is_told_with_the_other_fields() -> None:
+    names = Names(False, Availability.TAKEN)
+    with pytest.raises(FieldErrors) as raised:
+        await sign_ups(names).check({**GOOD, "password": "short", "email": "ann@"})
+    assert raised.value.errors == {
+        "userName": "is already taken",
+        "password": "must be at least 8 characters",
+        "email": "is not a valid email address",
+    }
+
+
+@pytest.mark.parametrize("name", ["Ann Smith!", "administrator", "", "a" * 250])
+async def test_the_homeserver_is_not_asked_about_a_bad_name(name: str) -> None:
+    names = Names(False, Availability.TAKEN)
+    with pytest.raises(FieldErrors) as raised:
+        await sign_ups(names).check({**GOOD, "userName": name, "password": "short"})
+    assert set(raised.value.errors) == {"userName", "password"}
+    assert raised.value.errors["userName"] != "is already taken"
+    assert names.asked == []
 
 
 def test_the_applicants_user_id() -> None:
     assert sign_ups().user_id("ann") == "@ann:example.org"
+
+
+# What a browser's form cannot send: a field that is not text, a language not offered.
+NOT_FROM_A_FORM = ("must be a string", "must be one of en, de", "must be valid Unicode text")
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+async def test_every_problem_a_page_can_show_is_a_sentence(language: str) -> None:
+    """The API keeps its short messages; pages show each as a sentence of its own."""
+    problems = set(errors_of({}, require_reason=True).items())
+    for change, _, _ in CASES:
+        problems |= set(errors_of({**GOOD, **change}).items())
+    for availability in (Availability.TAKEN, Availability.RESERVED, Availability.INVALID):
+        with pytest.raises(FieldErrors) as raised:
+            await sign_ups(Names(False, availability)).check(GOOD)
+        problems |= set(raised.value.errors.items())
+    catalogue = Catalogue()
+    for field, message in problems:
+        if message in NOT_FROM_A_FORM:
+            continue
+        sentence = catalogue.field_error(language, field, message)
+        assert sentence != catalogue.text(language, "error.other", problem=message), message
+        assert sentence[0].isupper(), sentence
+        assert sentence.endswith("."), sentence

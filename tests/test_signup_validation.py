@@ -71,6 +71,18 @@ async def test_name_of_a_live_request_is_taken(start_gatekeeper: StartGatekeeper
     assert await gatekeeper.db.fetchval("SELECT COUNT(*) FROM registration_request") == 1
 
 
+async def test_a_taken_name_is_told_with_the_other_fields(
+    start_gatekeeper: StartGatekeeper, alice: MatrixUser
+) -> None:
+    gatekeeper = await start_gatekeeper()
+    status, body = await sign_up(gatekeeper, new_applicant(), userName="alice", password="short")
+    assert (status, body["fields"]) == (
+        422,
+        {"userName": "is already taken", "password": "must be at least 8 characters"},
+    )
+    await nothing_written(gatekeeper)
+
+
 async def test_not_json_and_oversized_bodies(start_gatekeeper: StartGatekeeper) -> None:
     gatekeeper = await start_gatekeeper()
     assert (await api(gatekeeper, "POST", "/api/auth/sign-up", ["a", "list"]))[0] == 400

@@ -241,15 +241,18 @@ class Accounts:
             log.exception("Could not queue the reset mail of request %s", request.id)
 
     async def reset_password(
-        self, email: str, token: str, new_password: str
+        self, email: str | None, token: str, new_password: str
     ) -> MatrixOutcome | None:
-        """None if the token is not valid (any more) for this email."""
+        """None if the token is not valid (any more), or not for `email` when one is given
+        (the token alone names the request; older API clients also send the address)."""
         problem = password_problem(new_password)
         if problem:
             raise FieldErrors({"newPassword": problem})
         request_id = await self.tokens.redeem_token(token, RESET_PURPOSE)
         request = await self.store.get(request_id) if request_id else None
-        if request is None or request.email.lower() != email.strip().lower():
+        if request is None or (
+            email is not None and request.email.lower() != email.strip().lower()
+        ):
             return None
         return await self._set_password(request, new_password, keep=None)
 

@@ -69,6 +69,8 @@ class ApplicantMail:
             confirm_link=f"{base}/confirm-email?token={confirm}",
             status_link=f"{base}/status?token={status}",
             hours=str(CONFIRM_LINK_MS // 3_600_000),
+            # The mail names the page's button: opening the link alone confirms nothing.
+            button=self.catalogue.text(request.language, "page.confirm.submit"),
         )
 
     async def _with_link(

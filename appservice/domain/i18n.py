@@ -1,6 +1,11 @@
 """Translated texts: one flat YAML catalogue per language in `appservice/domain/locales`.
 
 English is complete and the fallback for a language or key that is not shipped.
+
+Plurals: `{hours:hour|hours}` is "hour" when `hours` is 1 and "hours" otherwise, so a text
+says `{hours} {hours:hour|hours}` ("1 hour", "2 hours"); German writes
+`{hours} {hours:Stunde|Stunden}`. Every shipped language has these two forms (one, other);
+a language with more forms needs a rule in `_plural()` first. Never "hour(s)".
 """
 
 from __future__ import annotations
@@ -30,6 +35,35 @@ def placeholders(template: str) -> set[str]:
     }
 
 
+def _plural(spec: str, value: object) -> str:
+    singular, plural = spec.split("|")
+    return singular if int(str(value)) == 1 else plural
+
+
+class _Formatter(string.Formatter):
+    """str.format, plus the plural choice `{count:one|other}` (see the top of this file)."""
+
+    def format_field(self, value: object, format_spec: str) -> str:
+        if "|" in format_spec:
+            return _plural(format_spec, value)
+        return str(super().format_field(value, format_spec))
+
+
+_FORMATTER = _Formatter()
+
+
+def _format_problem(template: str) -> str | None:
+    """Why a template cannot be formatted, checked when the catalogue is read."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as error:
+        return str(error)
+    for _, field, spec, _ in fields:
+        if field is not None and spec and spec.count("|") != 1:
+            return f"{{{field}:{spec}}} must be {{{field}:one|other}}"
+    return None
+
+
 def _read(name: str, text: str) -> dict[str, str]:
     try:
         data = YAML(typ="safe").load(text)
@@ -42,6 +76,9 @@ def _read(name: str, text: str) -> dict[str, str]:
     for key, value in data.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise CatalogueError(f"locales/{name}: {key}: must be a text")
+        problem = _format_problem(value)
+        if problem:
+            raise CatalogueError(f"locales/{name}: {key}: {problem}")
     return data
 
 
@@ -88,8 +125,17 @@ class Catalogue:
                 return template
         raise KeyError(key)
 
-    def text(self, language: str, key: str, **params: str) -> str:
-        return self.template(language, key).format(**params)
+    def text(self, language: str, key: str, **params: str | int) -> str:
+        return _FORMATTER.vformat(self.template(language, key), (), params)
+
+    def field_error(self, language: str, field: str, message: str) -> str:
+        """A field's problem as a sentence for a page. The domain's `message` ("is
+        required") stays as the JSON API's answer; its sentence is `error.<field>.<message>`,
+        else `error.<message>`, else `error.other`, which quotes it."""
+        for key in (f"error.{field}.{message}", f"error.{message}"):
+            if key in self._catalogues[FALLBACK]:
+                return self.text(language, key)
+        return self.text(language, "error.other", problem=message)
 
     @staticmethod
     def _candidates(language: str) -> list[str]:

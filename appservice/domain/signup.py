@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.antibot import AntiBot
-from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
+from gatekeeper.appservice.domain.applicant_mail import STATUS_LINK_MS, ApplicantMail
 from gatekeeper.appservice.domain.captcha import Captcha
 from gatekeeper.appservice.domain.errors import (
     FieldErrors,
@@ -37,6 +38,7 @@ from gatekeeper.appservice.homeserver.account_backend import AccountBackend, Ava
 from gatekeeper.appservice.matrix_ids import LOCALPART_RE, LOCALPART_RULE, user_id, user_id_fits
 from gatekeeper.appservice.storage.crypto import SecretBox
 from gatekeeper.appservice.storage.database import transaction
+from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE
 from gatekeeper.appservice.storage.ratelimit import Limit, RateLimiter, address_key
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 
@@ -56,6 +58,10 @@ class SignUpAnswer:
     state: State
     localpart: str
     email: str
+    # For the page after sign-up, never the JSON API: a status token, so that whoever
+    # mistyped the address can withdraw the request that holds the name and start again.
+    # Random (valid for nothing) when nothing was stored, so the page looks the same.
+    status_token: str
 
     def user_id(self, domain: str) -> str:
         return user_id(self.localpart, domain)
@@ -123,8 +129,10 @@ class SignUps:
     def user_id(self, localpart: str) -> str:
         return user_id(localpart, self.config.homeserver.domain)
 
-    def parse(self, body: dict[str, Any]) -> SignUpForm:
-        """Checks that need no peer: grammar, lengths, email syntax, password rules."""
+    def parse(self, body: dict[str, Any]) -> tuple[SignUpForm, dict[str, str]]:
+        """Checks that need no peer (grammar, lengths, email syntax, password rules): the
+        form and each field's problem. With problems, only the form's localpart means
+        anything, and only if "userName" has none."""
         errors: dict[str, str] = {}
         localpart = _text(body, "userName", errors).strip().lower()
         email = _text(body, "email", errors).strip()
@@ -160,9 +168,7 @@ class SignUps:
                 errors["password"] = problem
         if len(reason) > MAX_REASON_CHARS:
             errors["reason"] = f"must be at most {MAX_REASON_CHARS} characters"
-        if errors:
-            raise FieldErrors(errors)
-        return SignUpForm(localpart, email, language, password, reason)
+        return SignUpForm(localpart, email, language, password, reason), errors
 
     def _reserved(self, localpart: str) -> bool:
         if localpart == self.config.appservice.bot_username:
@@ -171,16 +177,30 @@ class SignUps:
             fnmatch.fnmatchcase(localpart, p) for p in self.config.registration.reserved_usernames
         )
 
-    async def check_name_free(self, localpart: str) -> None:
+    async def check(self, body: dict[str, Any]) -> SignUpForm:
+        """parse()'s checks and whether the name is free, every field's problem in one
+        FieldErrors (no second round trip for a taken name); the homeserver is asked only
+        about a well-formed name."""
+        form, errors = self.parse(body)
+        if "userName" not in errors:
+            problem = await self._name_problem(form.localpart)
+            if problem:
+                errors["userName"] = problem
+        if errors:
+            raise FieldErrors(errors)
+        return form
+
+    async def _name_problem(self, localpart: str) -> str | None:
         if await self.store.name_requested(localpart):
-            raise FieldErrors({"userName": "is already taken"})
+            return "is already taken"
         availability = await self.backend.username_available(localpart)
         if availability is Availability.TAKEN:
-            raise FieldErrors({"userName": "is already taken"})
+            return "is already taken"
         if availability is Availability.RESERVED:
-            raise FieldErrors({"userName": "is reserved"})
+            return "is reserved"
         if availability is Availability.INVALID:
-            raise FieldErrors({"userName": "is not allowed by the homeserver"})
+            return "is not allowed by the homeserver"
+        return None
 
     async def sign_up(self, body: dict[str, Any], address: str) -> SignUpAnswer:
         await self.limiter.hit(address_key("signup", address), self.limit)
@@ -196,7 +216,7 @@ class SignUps:
         await self.antibot.check(body)
         if not await self.captcha.verify(body, address):
             raise SignUpRefused("the CAPTCHA check failed")
-        form = self.parse(body)
+        form = await self.check(body)
         why = await self.gate.blocked_by(form.localpart, form.email, address)
         if why is not None:
             if self.config.registration.tell_room_about_blocked:
@@ -204,7 +224,6 @@ class SignUps:
                     f"Refused a sign-up for {self.user_id(form.localpart)}: {why}."
                 )
             raise SignUpRefused(why)
-        await self.check_name_free(form.localpart)
         new = NewRequest(
             localpart=form.localpart,
             email=form.email,
@@ -217,13 +236,18 @@ class SignUps:
             invite_id=invite.id if invite else None,
         )
         confirmed = not self.config.registration.require_email_confirmation
+        status_token = secrets.token_urlsafe(32)
 
         async def after(conn: LoggingConnection, request: RegistrationRequest) -> None:
+            nonlocal status_token
             # In the sign-up's transaction: a use of the invite and the request go together.
             if invite is not None and not await Gate.claim_invite(conn, invite.id):
                 raise InviteInvalid
             if not confirmed:
                 await self.mail.confirmation(conn, request)
+                status_token = await self.mail.tokens.issue_token(
+                    conn, request.id, STATUS_PURPOSE, STATUS_LINK_MS
+                )
 
         try:
             created = await self.registrations.create(new, confirmed=confirmed, after=after)
@@ -233,7 +257,10 @@ class SignUps:
             await self.tell_email_owner(in_use.holder, form.email, self.user_id(form.localpart))
             log.info("A sign-up for %s used an email already in use", self.user_id(form.localpart))
             return SignUpAnswer(
-                initial_state(confirmed, invited=invite is not None), form.localpart, form.email
+                initial_state(confirmed, invited=invite is not None),
+                form.localpart,
+                form.email,
+                status_token,
             )
         if not confirmed:
             # The sign-up's own confirmation is never held back (an address has one open
@@ -241,7 +268,13 @@ class SignUps:
             await self.limiter.recipient_may_get_mail(form.email)
         if invite is None:
             await self.gate.apply_daily_cap()
-        return SignUpAnswer(created.state, created.localpart, created.email)
+        return SignUpAnswer(created.state, created.localpart, created.email, status_token)
+
+    async def status_token(self, request_id: str) -> str:
+        """A fresh token for the request's status page (the mail's link is elsewhere)."""
+        return await self.mail.tokens.issue_token(
+            self.store.db, request_id, STATUS_PURPOSE, STATUS_LINK_MS
+        )
 
     async def tell_email_owner(
         self, holder: RegistrationRequest | None, email: str, attempted_user_id: str

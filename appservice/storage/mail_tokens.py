@@ -54,7 +54,7 @@ class MailTokens:
         self.db = db
 
     async def issue_token(
-        self, conn: LoggingConnection, request_id: str, purpose: str, valid_ms: int
+        self, conn: LoggingConnection | Database, request_id: str, purpose: str, valid_ms: int
     ) -> str:
         token = secrets.token_urlsafe(32)
         now = now_ms()
@@ -82,13 +82,18 @@ class MailTokens:
             now_ms(),
         )
 
-    async def request_for_token(self, token: str, purpose: str) -> RegistrationRequest | None:
-        """The request a still-valid (not single-use) token belongs to."""
+    async def request_for_token(
+        self, token: str, purpose: str, used: bool = False
+    ) -> RegistrationRequest | None:
+        """The request a still-valid token belongs to, without using it; with `used`, the
+        request of a single-use token that was already used (however long ago)."""
         row = await self.db.fetchrow(
             "SELECT r.* FROM email_token t JOIN registration_request r ON r.id = t.request_id"
-            " WHERE t.token_hash=$1 AND t.purpose=$2 AND t.expires_at > $3 AND t.used_at IS NULL",
+            " WHERE t.token_hash=$1 AND t.purpose=$2 AND (t.used_at IS NOT NULL) = $3"
+            " AND (t.used_at IS NOT NULL OR t.expires_at > $4)",
             hash_token(token),
             purpose,
+            used,
             now_ms(),
         )
         return RegistrationRequest.from_row(row) if row else None

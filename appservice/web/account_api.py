@@ -121,11 +121,14 @@ class AccountApi:
         return web.json_response({})
 
     async def reset_password(self, request: web.Request) -> web.Response:
-        """`{"email", "token", "newPassword"}` → `{"status": "success" | "invalid-token" |
-        "matrix-unchanged", "message"?}`. It never logs anyone in."""
+        """`{"token", "newPassword", "email"?}` → `{"status": "success" | "invalid-token" |
+        "matrix-unchanged", "message"?}`. It never logs anyone in. The token alone names
+        the account; `email` is optional, and if sent must be the account's address."""
         body = await json_body(request)
         outcome = await self.accounts.reset_password(
-            text_field(body, "email"), text_field(body, "token"), text_field(body, "newPassword")
+            text_field(body, "email") if "email" in body else None,
+            text_field(body, "token"),
+            text_field(body, "newPassword"),
         )
         if outcome is None:
             return web.json_response({"status": "invalid-token"})

@@ -548,6 +548,8 @@ def create_web_app(
     add.add_get("/", pages.home)
     add.add_get("/sign-up", pages.sign_up_form)
     add.add_post("/sign-up", pages.sign_up)
+    add.add_post("/sign-up/resend", pages.resend_confirmation)
+    add.add_post("/sign-up/start-over", pages.start_over)
     add.add_get("/confirm-email", pages.confirm_form)
     add.add_post("/confirm-email", pages.confirm)
     add.add_get("/status", pages.status)

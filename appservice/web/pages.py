@@ -29,8 +29,13 @@ from gatekeeper.appservice.domain.i18n import Catalogue
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Registrations
 from gatekeeper.appservice.domain.signup import SignUps
-from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
-from gatekeeper.appservice.storage.ratelimit import RateLimited
+from gatekeeper.appservice.storage.mail_tokens import (
+    CONFIRM_PURPOSE,
+    RESET_PURPOSE,
+    STATUS_PURPOSE,
+    MailTokens,
+)
+from gatekeeper.appservice.storage.ratelimit import MAIL_PER_RECIPIENT, RateLimited
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment
@@ -134,13 +139,18 @@ class Pages:
         return offered[0]
 
     def translate_errors(self, language: str, errors: dict[str, str]) -> dict[str, str]:
-        known = self.catalogue.keys()
         return {
-            field: self.catalogue.text(language, f"error.{message}")
-            if f"error.{message}" in known
-            else message
+            field: self.catalogue.field_error(language, field, message)
             for field, message in errors.items()
         }
+
+    def language_links(self, request: web.Request) -> list[tuple[str, str, str]]:
+        """Each language's code, name and link to this page in it: only `lang` changes, so
+        a link's token (confirm, status, reset) stays."""
+        return [
+            (code, name, str(request.rel_url.update_query(lang=code)))
+            for code, name in self.languages
+        ]
 
     def render(
         self,
@@ -169,6 +179,7 @@ class Pages:
             t=t,
             lang=lang,
             languages=self.languages,
+            language_links=self.language_links(request),
             title=t(title_key, server=server),
             server=server,
             domain=self.config.homeserver.domain,
@@ -255,6 +266,7 @@ class Pages:
         errors: dict[str, str] | None = None,
         status: int = 200,
         message: str = "",
+        kind: str = "error",
     ) -> web.Response:
         invite = form.get("invite", "")
         closed = None if invite else await self.signups.gate.closed_reason()
@@ -268,6 +280,7 @@ class Pages:
             invite=invite,
             closed=closed,
             message=message,
+            kind=kind,
             require_reason=self.config.registration.require_reason,
             ask_password=not self.config.registration.password_after_approval,
             antibot_pow=self.config.antibot.proof_of_work,
@@ -298,12 +311,55 @@ class Pages:
         except SignUpsClosed:
             return await self._sign_up_page(request, form, status=403)
         if created.state is State.UNVERIFIED:
-            return self.message(
+            return self._check_email_page(
                 request,
-                "page.check_email.title",
-                t(lang, "page.check_email.body", email=created.email),
+                {
+                    "email": created.email,
+                    "token": created.status_token,
+                    **{k: form.get(k, "") for k in ("userName", "reason", "invite")},
+                },
             )
         return self.message(request, "page.status.title", t(lang, "page.status.pending"))
+
+    def _check_email_page(
+        self, request: web.Request, fields: dict[str, str], message: str = ""
+    ) -> web.Response:
+        """After sign-up: where the link went, and the ways on from here. `fields` are the
+        hidden ones its buttons send back: the address to resend to, and for starting
+        again, the status token and what to fill in again (never the password)."""
+        return self.render(
+            request,
+            "check_email.html",
+            "page.check_email.title",
+            fields=fields,
+            message=message,
+        )
+
+    async def resend_confirmation(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        fields = {
+            k: str(form.get(k, "")) for k in ("email", "token", "userName", "reason", "invite")
+        }
+        await self.signups.resend_confirmation(fields["email"], request.remote or "")
+        minutes = int(MAIL_PER_RECIPIENT.window_seconds // 60)
+        message = self.catalogue.text(
+            self.language(request),
+            "page.check_email.resent",
+            email=fields["email"],
+            minutes=minutes,
+        )
+        return self._check_email_page(request, fields, message)
+
+    async def start_over(self, request: web.Request) -> web.Response:
+        """Withdraw the request of the page after sign-up (the address may be mistyped, and
+        the request holds the name), then the sign-up form again, without the address."""
+        form = await request.post()
+        found = await self.tokens.request_for_token(str(form.get("token", "")), STATUS_PURPOSE)
+        if found is not None:
+            await self.registrations.withdraw(found.id)
+        again = {k: str(form.get(k, "")) for k in ("userName", "reason", "invite")}
+        message = self.catalogue.text(self.language(request), "page.check_email.start_over")
+        return await self._sign_up_page(request, again, message=message, kind="info")
 
     def _token_form(self, request: web.Request, page: str, action: str) -> web.Response:
         """A page whose button posts the link's token: opening a link changes nothing."""
@@ -319,14 +375,62 @@ class Pages:
         )
 
     async def confirm_form(self, request: web.Request) -> web.Response:
-        return self._token_form(request, "confirm", "/confirm-email")
+        """Whose request and which address a click confirms; the click is what confirms,
+        since mail scanners open links."""
+        token = request.query.get("token", "")
+        found = await self.tokens.request_for_token(token, CONFIRM_PURPOSE)
+        if found is None or found.state is not State.UNVERIFIED:
+            # Used, or confirmed by a later mail's link, or withdrawn: say so, no button.
+            used = await self.tokens.request_for_token(token, CONFIRM_PURPOSE, used=True)
+            return self._confirmed(request, found or used)
+        return self.render(
+            request,
+            "confirm_email.html",
+            "page.confirm.title",
+            language=self.language(request, found.language),
+            token=token,
+            user_id=found.user_id(self.config.homeserver.domain),
+            email=found.email,
+        )
 
     async def confirm(self, request: web.Request) -> web.Response:
         token = str((await request.post()).get("token", ""))
         result = await self.registrations.confirm_email(token)
-        lang = self.language(request)
-        key = "page.confirm.invalid" if result.outcome is Outcome.NOT_FOUND else "page.confirm.done"
-        return self.message(request, "page.confirm.title", self.catalogue.text(lang, key))
+        if result.outcome is Outcome.CHANGED and result.request is not None:
+            status = await self.signups.status_token(result.request.id)
+            return self._confirmed(request, result.request, "page.confirm.done", status)
+        return self._confirmed(request, result.request)
+
+    def _confirmed(
+        self,
+        request: web.Request,
+        found: RegistrationRequest | None,
+        key: str = "",
+        status_token: str = "",
+    ) -> web.Response:
+        """Where a confirmation stands: `key` (by default already confirmed, or closed
+        unconfirmed), the request's status, and a link to the status page when there is a
+        fresh token for it (else the confirmation mail has one)."""
+        if found is None:
+            lang = self.language(request)
+            text = self.catalogue.text(lang, "page.confirm.invalid")
+            return self.message(request, "page.confirm.title", text, status=404)
+        lang = self.language(request, found.language)
+        key = key or ("page.confirm.already" if found.email_verified else "page.confirm.closed")
+        link = None
+        if status_token:
+            link = (
+                f"/status?token={status_token}",
+                self.catalogue.text(lang, "page.confirm.status"),
+            )
+        return self.message(
+            request,
+            "page.confirm.title",
+            self.catalogue.text(lang, key),
+            self.catalogue.text(lang, f"page.status.{found.state.value}"),
+            language=lang,
+            link=link,
+        )
 
     async def status(self, request: web.Request) -> web.Response:
         token = request.query.get("token", "")
@@ -457,50 +561,40 @@ class Pages:
             message=self.catalogue.text(lang, "page.forgot.sent", email=email),
         )
 
-    async def reset_form(self, request: web.Request) -> web.Response:
+    async def _reset_page(
+        self, request: web.Request, token: str, errors: dict[str, str] | None = None
+    ) -> web.Response:
+        """The new-password form for the account the link's token names (the token alone
+        identifies it: no address to type), or why the link is of no use."""
+        found = await self.tokens.request_for_token(token, RESET_PURPOSE)
+        lang = self.language(request, found.language if found else None)
         return self.render(
             request,
             "reset.html",
             "page.reset.title",
-            token=request.query.get("token", ""),
-            form={},
-            errors={},
-            message="",
-            kind="info",
+            status=400 if found is None else 422 if errors else 200,
+            language=lang,
+            token=token if found else "",
+            user_id=found.user_id(self.config.homeserver.domain) if found else "",
+            errors=self.translate_errors(lang, errors or {}),
+            message="" if found else self.catalogue.text(lang, "page.reset.invalid"),
         )
+
+    async def reset_form(self, request: web.Request) -> web.Response:
+        return await self._reset_page(request, request.query.get("token", ""))
 
     async def reset(self, request: web.Request) -> web.Response:
         form = await request.post()
-        token, email = str(form.get("token", "")), str(form.get("email", ""))
+        token = str(form.get("token", ""))
         lang = self.language(request)
         try:
             outcome = await self.accounts.reset_password(
-                email, token, str(form.get("newPassword", ""))
+                None, token, str(form.get("newPassword", ""))
             )
         except FieldErrors as error:
-            return self.render(
-                request,
-                "reset.html",
-                "page.reset.title",
-                status=422,
-                token=token,
-                form={"email": email},
-                errors=self.translate_errors(lang, error.errors),
-                message="",
-                kind="info",
-            )
+            return await self._reset_page(request, token, error.errors)
         if outcome is None:
-            return self.render(
-                request,
-                "reset.html",
-                "page.reset.title",
-                status=400,
-                token="",
-                form={},
-                errors={},
-                message=self.catalogue.text(lang, "page.reset.invalid"),
-                kind="error",
-            )
+            return await self._reset_page(request, "")
         done = (
             "matrix.password_unchanged" if outcome is MatrixOutcome.UNCHANGED else "page.reset.done"
         )
