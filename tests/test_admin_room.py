@@ -66,6 +66,8 @@ async def test_creates_room_invites_admins_and_answers_help(
         "!open — resume sign-ups",
         "!pending [page] — list the requests waiting for a decision",
         "!reject <id> [reason] — reject a request; the reason is mailed",
+        "!reset-2fa <user or request id> [reason] — turn off someone's two-factor login, once"
+        " you have checked it is them asking",
         "!revoke <invite> — end an invite",
         "!search <text> — find requests by name, email or ID",
         "!show <id> — show a request and its history",

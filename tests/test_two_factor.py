@@ -12,6 +12,7 @@ import pytest
 from mautrix.util.async_db import Database
 
 from gatekeeper.appservice.config import WebConfig
+from gatekeeper.appservice.domain.passwords import PasswordHasher
 from gatekeeper.appservice.domain.registration_request import NewRequest
 from gatekeeper.appservice.domain.registrations import Registrations
 from gatekeeper.appservice.runtime.program import Gatekeeper
@@ -91,6 +92,27 @@ async def test_login_by_email_user_name_or_matrix_id(start_gatekeeper: StartGate
         assert await login_answer(gatekeeper, name, "not the password") == refused
     for name in (ann.localpart, ann.email):
         assert await login_answer(gatekeeper, name, ann.password) == refused
+
+
+async def test_unknown_names_cost_one_hash_like_known_ones(
+    gatekeeper: Gatekeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lu = await active_account(gatekeeper, "lu")
+    hashed: list[str] = []
+    real = PasswordHasher._verify
+
+    def counted(self: PasswordHasher, stored_hash: str, password: str) -> bool:
+        hashed.append(password)
+        return real(self, stored_hash, password)
+
+    monkeypatch.setattr(PasswordHasher, "_verify", counted)
+    names = [lu.localpart, "nobody-here", f"@{lu.localpart}:elsewhere.example", "no@example.org"]
+    for name in names:
+        assert await login_answer(gatekeeper, name, f"wrong for {name}") == (
+            200,
+            {"status": "invalid-credentials"},
+        )
+    assert hashed == [f"wrong for {name}" for name in names]
 
 
 async def test_login_page_takes_a_user_name(gatekeeper: Gatekeeper, page: Any) -> None:
