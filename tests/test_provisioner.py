@@ -213,12 +213,19 @@ def not_open(what: str) -> ProvisioningRefused:
     return ProvisioningRefused("M_FORBIDDEN", f"{what}: HTTP 403 M_FORBIDDEN", 403)
 
 
-async def test_a_room_closed_to_the_admin_api_gets_the_bots_invite_then_the_join(
-    setup: Setup,
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        not_open("joining"),  # invite-only, and Gatekeeper's admin user may not invite there
+        ProvisioningRefused("GK_ADMIN_USER", "logging in as @gatekeeper-admin: not ours", 400),
+    ],
+)
+async def test_a_join_the_admin_api_refuses_gets_the_bots_invite_then_the_join(
+    setup: Setup, refusal: ProvisioningRefused
 ) -> None:
     await setup.approved()
     setup.synapse.answers = ["@ann:example.org"]
-    setup.synapse.join_refusals = [not_open("joining")]
+    setup.synapse.join_refusals = [refusal]
     await setup.make(admin_token="syt_admin").step()
     assert setup.invited == [("@ann:example.org", "#welcome:example.org")]
     assert setup.synapse.joined == [("@ann:example.org", "#welcome:example.org")]

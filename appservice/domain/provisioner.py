@@ -146,10 +146,9 @@ class Provisioner:
                 await self.backend.join_room(user_id, room)
                 return
             except ProvisioningRefused as refused:
-                if refused.status != 403:
-                    raise
-            # An invite-only room where Gatekeeper's admin user may not invite: the bot
-            # invites, and then the account can join.
+                # Mostly an invite-only room where Gatekeeper's admin user may not invite:
+                # the bot invites, and then the account can join.
+                log.info("Joining %s to %s was refused (%s); inviting", user_id, room, refused)
             await self.invite(user_id, room)
             await self.backend.join_room(user_id, room)
             return
