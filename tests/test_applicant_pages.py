@@ -168,7 +168,7 @@ async def test_check_your_email_offers_a_resend_and_starting_again(
     typo = "x" + ann.email
     await fill_sign_up(page, base, ann, typo)
     assert await page.text_content("h1") == "Check your email"
-    await smtp.wait_for(typo, "confirm")
+    typo_mail = await smtp.wait_for(typo, "confirm")
 
     # Right after sign-up nothing more goes out, and the page says why none may come.
     await page.click("text=Send the link again")
@@ -200,6 +200,12 @@ async def test_check_your_email_offers_a_resend_and_starting_again(
         typo: State.WITHDRAWN,
         ann.email: State.UNVERIFIED,
     }
+    # Whoever owns the mistyped address can no longer confirm it, and is told why.
+    await page.goto(link(typo_mail, "confirm-email"))
+    main = flat(await page.text_content("main"))
+    assert "This request can no longer be confirmed." in main
+    assert "Withdrawn by you." in main
+    assert await page.locator("main button").count() == 0
 
 
 async def test_check_your_email_is_the_same_for_an_address_in_use(
