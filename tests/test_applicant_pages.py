@@ -182,6 +182,9 @@ async def test_check_your_email_offers_a_resend_and_starting_again(
         return len(smtp.to(typo)) == 2
 
     await wait_until(sent_again, timeout=20)
+    # The answer to a POST-only form links its languages to the form's own page (a GET of
+    # /sign-up/resend would be a 405).
+    assert await page.get_attribute("a[hreflang=de]", "href") == "/sign-up?lang=de"
 
     # The typo's request holds the name; starting again withdraws it.
     await page.click("text=Wrong address? Start again")

@@ -146,11 +146,13 @@ class Pages:
 
     def language_links(self, request: web.Request) -> list[tuple[str, str, str]]:
         """Each language's code, name and link to this page in it: only `lang` changes, so
-        a link's token (confirm, status, reset) stays."""
-        return [
-            (code, name, str(request.rel_url.update_query(lang=code)))
-            for code, name in self.languages
-        ]
+        a link's token (confirm, status, reset) stays. A page that answers a form of a
+        POST-only path (/login/second-factor, /settings/2fa/enable) links to the page the
+        form belongs to: a GET of its own path would be a 405."""
+        url = request.rel_url
+        if request.method != "GET":
+            url = url.with_path(_page_of(request.path, _get_paths(request.app)))
+        return [(code, name, str(url.update_query(lang=code))) for code, name in self.languages]
 
     def render(
         self,
@@ -773,3 +775,19 @@ class Pages:
 def redirect(location: str) -> web.Response:
     """A 303 that can carry cookies (a returned HTTPException is deprecated in aiohttp)."""
     return web.Response(status=303, headers={"Location": location})
+
+
+def _get_paths(app: web.Application) -> frozenset[str]:
+    return frozenset(
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.method == "GET" and route.resource is not None
+    )
+
+
+def _page_of(path: str, pages: frozenset[str]) -> str:
+    """The nearest page a person can open at `path` or above it: /settings for
+    /settings/2fa/enable, /login for /login/second-factor."""
+    while path not in pages and path.count("/") > 1:
+        path = path.rsplit("/", 1)[0]
+    return path if path in pages else "/"
