@@ -293,16 +293,17 @@ async def test_a_synapse_without_the_features_is_named_at_start_and_in_the_room(
 ) -> None:
     monkeypatch.setattr(encryption, "DELIVERY_CHECK_SECONDS", 3.0)
     homeserver = await start_synapse(tmp_path / "synapse", encryption_features=False)
-    gatekeeper = Gatekeeper(
-        gatekeeper_config(
-            homeserver,
-            db_url,
-            tmp_path,
-            smtp.port,
-            admin_room={"encrypt_created_room": True},
+    gatekeeper: Gatekeeper | None = None
+    try:  # from here on, this test's own Synapse is stopped whatever fails
+        gatekeeper = Gatekeeper(
+            gatekeeper_config(
+                homeserver,
+                db_url,
+                tmp_path,
+                smtp.port,
+                admin_room={"encrypt_created_room": True},
+            )
         )
-    )
-    try:
         admin = await matrix_user(homeserver, "alice")
         await gatekeeper.start()
         assert gatekeeper.bot is not None
@@ -322,7 +323,8 @@ async def test_a_synapse_without_the_features_is_named_at_start_and_in_the_room(
         lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert any("Synapse sent no to-device message to the bot" in line for line in lines)
     finally:
-        await stop_or_explain(gatekeeper)
+        if gatekeeper is not None:
+            await stop_or_explain(gatekeeper)
         await stop_synapse(homeserver)
 
 
