@@ -363,6 +363,19 @@ class SecurityConfig(Section):
         return value
 
 
+class RetentionConfig(Section):
+    closed_requests_days: float = 30.0
+    ip_addresses_days: float = 7.0
+    sent_mail_days: float = 7.0
+
+    @field_validator("closed_requests_days", "ip_addresses_days", "sent_mail_days")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 days")
+        return value
+
+
 class MetricsConfig(Section):
     enabled: bool = False
     hostname: str = "127.0.0.1"
@@ -384,6 +397,7 @@ class Config(Section):
     registration: RegistrationConfig = RegistrationConfig()
     security: SecurityConfig
     antibot: AntibotConfig = AntibotConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from mautrix.util.async_db import Database
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -124,6 +124,13 @@ class Monitoring:
             ["method", "route"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        # This process's sweeps (only the active process sweeps).
+        self.erased = Counter(
+            "gatekeeper_retention_erased",
+            "Records whose personal data the retention sweep erased, by kind",
+            ["kind"],
+            registry=self.registry,
         )
         self._session: aiohttp.ClientSession | None = None
 

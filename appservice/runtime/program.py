@@ -46,6 +46,7 @@ from gatekeeper.appservice.storage.database import create_database, stop_databas
 from gatekeeper.appservice.storage.mail_tokens import MailTokens
 from gatekeeper.appservice.storage.ratelimit import Lockout, RateLimiter
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
+from gatekeeper.appservice.storage.retention import Retention
 from gatekeeper.appservice.storage.sessions import Sessions
 from gatekeeper.appservice.storage.totp import TotpStore
 from gatekeeper.appservice.timeutil import now_ms
@@ -78,6 +79,8 @@ EXIT_HOMESERVER = 12
 
 
 SWEEP_SECONDS = 60.0
+# Retention is counted in days: an hourly sweep is soon enough.
+RETENTION_SWEEP_SECONDS = 3600.0
 # How long start-up waits for the encryption's delivery check (it goes on after that).
 DELIVERY_WAIT_SECONDS = 10.0
 # A process that got the active role but could not start it waits this long to try again.
@@ -106,6 +109,7 @@ class Core:
     gate: Gate
     moderation: Moderation
     two_factor: TwoFactorResets
+    retention: Retention
     leadership: Leadership
     monitoring: Monitoring
 
@@ -193,6 +197,7 @@ class Gatekeeper:
             gate=Gate(db, config.registration, BotState(db), room_note=self._room_note),
             moderation=Moderation(config, db, store, registrations, accounts, sessions, totp),
             two_factor=TwoFactorResets(config, db, store, totp, sessions, mail),
+            retention=Retention(db, config.retention),
             leadership=leadership,
             monitoring=Monitoring(config, db, leadership),
         )
@@ -381,7 +386,11 @@ class Gatekeeper:
             Worker("notices", notices.step),
             Worker("provisioning", provisioner.step),
         ]
-        self.workers = [*self._change_workers, Worker("expiry", expire, sweep_seconds)]
+        self.workers = [
+            *self._change_workers,
+            Worker("expiry", expire, sweep_seconds),
+            Worker("retention", self.sweep_retention, RETENTION_SWEEP_SECONDS),
+        ]
         for worker in self.workers:
             worker.start()
         await core.mailer.start()
@@ -394,6 +403,22 @@ class Gatekeeper:
             # messages (room keys), so the start waits a little for it.
             await asyncio.wait([check], timeout=DELIVERY_WAIT_SECONDS)
         appservice.ready = True
+
+    async def sweep_retention(self) -> float:
+        """Erase the personal data whose time is up (docs/privacy.md); the active process's
+        worker runs it every hour."""
+        core = self.started
+        erased = await core.retention.sweep()
+        for kind, count in vars(erased).items():
+            core.monitoring.erased.labels(kind).inc(count)
+        if any(vars(erased).values()):
+            log.info(
+                "Retention: erased %d closed requests, %d rate-limit counters, %d sent mails",
+                erased.requests,
+                erased.rate_limits,
+                erased.mails,
+            )
+        return RETENTION_SWEEP_SECONDS
 
     async def _check_encryption_delivery(self, bot: AdminBot, encryption: BotEncryption) -> None:
         """Synapse accepts the registration's encryption keys even without the features
