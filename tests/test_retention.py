@@ -105,6 +105,9 @@ async def test_the_sweep_erases_closed_requests_everywhere_and_keeps_the_tombsto
     await wait_for_state(gatekeeper, unconfirmed_id, "expired")
     blocked = new_applicant("blo")
     await alice.reply_to(room_id, f"!block email {blocked.email}", BOT)
+    ended_block = await alice.reply_to(room_id, "!block ip 198.51.100.0/24", BOT)
+    lifted = await alice.reply_to(room_id, f"!unblock {ended_block.split()[1].rstrip(':')}", BOT)
+    assert lifted.endswith("is lifted.")
     await all_mail_sent(gatekeeper)
 
     closed = {
@@ -117,6 +120,7 @@ async def test_the_sweep_erases_closed_requests_everywhere_and_keeps_the_tombsto
         assert applicant.email in before
         assert reason in before
     assert f"addr:{CLIENT_ADDRESS}" in before
+    assert "198.51.100.0/24" in before
 
     # Not yet their time: nothing goes.
     await gatekeeper.sweep_retention()
@@ -130,6 +134,7 @@ async def test_the_sweep_erases_closed_requests_everywhere_and_keeps_the_tombsto
     await gatekeeper.db.execute(
         "UPDATE rate_limit SET window_start = window_start - $1", 8 * DAY_MS
     )
+    await gatekeeper.db.execute("UPDATE signup_block SET removed_at = removed_at - $1", 31 * DAY_MS)
     await gatekeeper.sweep_retention()
     after = await database_text(gatekeeper.db)
     for applicant, reason in closed.values():
@@ -138,6 +143,7 @@ async def test_the_sweep_erases_closed_requests_everywhere_and_keeps_the_tombsto
         assert reason not in after
     assert "is spam" not in after  # the admin's reason named the applicant
     assert CLIENT_ADDRESS not in after
+    assert "198.51.100" not in after  # the removed block's network
     # The live request keeps everything; so does the block.
     for kept in (live.email, live_reason, live.localpart):
         assert kept in after

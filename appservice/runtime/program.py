@@ -413,10 +413,12 @@ class Gatekeeper:
             core.monitoring.erased.labels(kind).inc(count)
         if any(vars(erased).values()):
             log.info(
-                "Retention: erased %d closed requests, %d rate-limit counters, %d sent mails",
+                "Retention: erased %d closed requests, %d rate-limit counters, %d sent mails,"
+                " %d ended blocks",
                 erased.requests,
                 erased.rate_limits,
                 erased.mails,
+                erased.blocks,
             )
         return RETENTION_SWEEP_SECONDS
 

@@ -49,6 +49,7 @@ class Erased:
     requests: int = 0
     rate_limits: int = 0
     mails: int = 0
+    blocks: int = 0
 
 
 def _placeholders(values: Sequence[str], first: int = 1) -> str:
@@ -110,14 +111,14 @@ class Retention:
     async def sweep(self, now: int | None = None) -> Erased:
         """Erase what is older than its retention; idempotent, in batches."""
         now = now_ms() if now is None else now
+        closed_cutoff = now - int(self.config.closed_requests_days * DAY_MS)
         return Erased(
-            requests=await self._closed_requests(
-                now - int(self.config.closed_requests_days * DAY_MS)
-            ),
+            requests=await self._closed_requests(closed_cutoff),
             rate_limits=await self._rate_limits(
                 now, now - int(self.config.ip_addresses_days * DAY_MS)
             ),
             mails=await self._sent_mail(now - int(self.config.sent_mail_days * DAY_MS)),
+            blocks=await self._ended_blocks(closed_cutoff),
         )
 
     async def _closed_requests(self, cutoff: int) -> int:
@@ -151,3 +152,21 @@ class Retention:
             cutoff,
         )
         return len(deleted)
+
+    async def _ended_blocks(self, cutoff: int) -> int:
+        """A block removed or expired that long ago forgets what it matched (an address,
+        a network, a name), also in the admin audit's line that set it."""
+        rows = await self.db.fetch(
+            "SELECT id, kind, value FROM signup_block WHERE value <> ''"
+            " AND (removed_at < $1 OR expires_at < $1)",
+            cutoff,
+        )
+        for row in rows:
+            async with transaction(self.db) as conn:
+                await conn.execute("UPDATE signup_block SET value = '' WHERE id = $1", row["id"])
+                await conn.execute(
+                    "UPDATE admin_audit SET detail = $1 WHERE action = 'block' AND detail = $2",
+                    f"{row['id']} {row['kind']}",
+                    f"{row['id']} {row['kind']} {row['value']}",
+                )
+        return len(rows)
