@@ -11,6 +11,7 @@ from tests.conftest import MailCatcher, StartGatekeeper
 from tests.flows import (
     BOT,
     Applicant,
+    active_account,
     all_mail_sent,
     api,
     link_token,
@@ -170,3 +171,36 @@ async def test_the_sweep_erases_closed_requests_everywhere_and_keeps_the_tombsto
     assert "This week: 4 requests (1 expired, 1 pending, 1 rejected, 1 withdrawn)" in stats
     audit = await alice.reply_to(room_id, "!audit 20", BOT)
     assert f"{rejected_id}: pending → rejected" in audit
+
+
+async def test_the_sweep_erases_a_deactivated_account_and_keeps_its_name(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
+    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
+    gone = await active_account(gatekeeper, "gon")
+    request_id = await request_id_of(gatekeeper, gone)
+    users = f"/api/admin/users/{gone.user_id}"
+    status, _ = await api(
+        gatekeeper,
+        "POST",
+        f"{users}/deactivate",
+        {"erase": True, "reason": "wants out zq7"},
+        admin=True,
+    )
+    assert status == 200
+    await wait_for_state(gatekeeper, request_id, "deactivated")
+    await all_mail_sent(gatekeeper)
+    await gatekeeper.db.execute(
+        "UPDATE registration_request SET updated_at = updated_at - $1", 31 * DAY_MS
+    )
+    await gatekeeper.sweep_retention()
+
+    after = await database_text(gatekeeper.db)
+    assert gone.email not in after
+    assert "wants out zq7" not in after
+    # The homeserver never gives the name to anyone again; the moderation view keeps it.
+    status, body = await api(gatekeeper, "GET", users, admin=True)
+    assert status == 200
+    assert body["registration"]["id"] == request_id
+    assert body["registration"]["state"] == "deactivated"
+    assert body["registration"]["email"] != gone.email
