@@ -36,6 +36,7 @@ from gatekeeper.appservice.storage import mail_tokens
 from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.storage.mail_tokens import CONFIRM_PURPOSE
 from gatekeeper.appservice.storage.registration_store import RegistrationStore, read
+from gatekeeper.appservice.storage.retention import erase_withdrawn
 from gatekeeper.appservice.timeutil import now_ms
 
 # The unique index of migration 008: one live request or account per email.
@@ -247,7 +248,13 @@ class Registrations:
         )
 
     async def withdraw(self, request_id: str, actor: str = "applicant") -> Result:
-        return await self.apply(request_id, Transition.WITHDRAW, actor)
+        """The applicant withdraws: the request's personal data goes with it (erasing is
+        not a state change: retention.py; the tombstone and its mail links stay)."""
+        result = await self.apply(request_id, Transition.WITHDRAW, actor, after=erase_withdrawn)
+        if not result.changed:
+            return result
+        # The erasure followed the change in its transaction: the stored row is the answer.
+        return Result(result.outcome, await self.store.get(request_id))
 
     async def expire_older_than(self, cutoff_ms: int) -> list[Result]:
         ids = await self.store.ids_created_before(Transition.EXPIRE.sources, cutoff_ms)

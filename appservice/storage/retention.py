@@ -16,7 +16,11 @@ from mautrix.util.async_db import Database
 from mautrix.util.async_db.connection import LoggingConnection
 
 from gatekeeper.appservice.config import RetentionConfig
-from gatekeeper.appservice.domain.registration_request import COLUMNS, State
+from gatekeeper.appservice.domain.registration_request import (
+    COLUMNS,
+    RegistrationRequest,
+    State,
+)
 from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.timeutil import now_ms
 
@@ -56,8 +60,21 @@ def _placeholders(values: Sequence[str], first: int = 1) -> str:
     return ", ".join(f"${n}" for n in range(first, first + len(values)))
 
 
-async def erase_requests(conn: LoggingConnection | Database, ids: Sequence[str]) -> None:
-    """Erase the personal data of these requests (closed ones: this never closes them)."""
+def is_erased(request: RegistrationRequest) -> bool:
+    return request.email == request.id
+
+
+async def erase_withdrawn(conn: LoggingConnection, request: RegistrationRequest) -> None:
+    """A withdrawn request's personal data goes at once, not after the retention."""
+    await erase_requests(conn, [request.id], keep_links=True)
+
+
+async def erase_requests(
+    conn: LoggingConnection | Database, ids: Sequence[str], keep_links: bool = False
+) -> None:
+    """Erase the personal data of these requests (closed ones: this never closes them).
+    `keep_links` keeps their mail links' rows (a hash, a purpose, dates), so that a link
+    still says what became of the request; the sweep deletes them later."""
     if not ids:
         return
     where = f"IN ({_placeholders(ids)})"
@@ -76,6 +93,8 @@ async def erase_requests(conn: LoggingConnection | Database, ids: Sequence[str])
             *lowered,
         )
     for table in _OWNED_TABLES:
+        if keep_links and table == "email_token":
+            continue
         await conn.execute(f"DELETE FROM {table} WHERE request_id {where}", *ids)  # noqa: S608
     await conn.execute(
         f"UPDATE registration_audit SET reason = NULL WHERE request_id {where}",  # noqa: S608
@@ -127,7 +146,8 @@ class Retention:
             async with transaction(self.db) as conn:
                 rows = await conn.fetch(
                     f"SELECT id FROM registration_request WHERE ({_CLOSED})"  # noqa: S608
-                    " AND updated_at < $1 AND email <> id ORDER BY updated_at LIMIT $2",
+                    " AND updated_at < $1 AND (email <> id OR id IN"
+                    " (SELECT request_id FROM email_token)) ORDER BY updated_at LIMIT $2",
                     cutoff,
                     BATCH,
                 )

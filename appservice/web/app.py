@@ -41,6 +41,7 @@ from gatekeeper.appservice.storage.database import DATABASE_UNAVAILABLE
 from gatekeeper.appservice.storage.mail_tokens import STATUS_PURPOSE, MailTokens
 from gatekeeper.appservice.storage.ratelimit import RateLimited
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
+from gatekeeper.appservice.storage.retention import is_erased
 from gatekeeper.appservice.web.account_api import AccountApi
 from gatekeeper.appservice.web.common import MAX_BODY_BYTES, ApiError, json_body, text_field
 from gatekeeper.appservice.web.openapi import ACTOR_PATTERN, openapi_document
@@ -207,6 +208,9 @@ class WebApi:
     async def status(self, request: web.Request) -> web.Response:
         """`GET /api/registration/status?token=…` → `{"status": "pending", "userId": …}`"""
         found = await self._by_status_token(request.query.get("token", ""))
+        if is_erased(found):
+            # Withdrawn, and its data erased with it (retention.py): only the state is left.
+            return web.json_response({"status": found.state.value, "userId": "", "email": ""})
         return web.json_response(
             {"status": found.state.value, "userId": self.user_id(found), "email": found.email}
         )

@@ -37,6 +37,7 @@ from gatekeeper.appservice.storage.mail_tokens import (
 )
 from gatekeeper.appservice.storage.ratelimit import MAIL_PER_RECIPIENT, RateLimited
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
+from gatekeeper.appservice.storage.retention import is_erased
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment
 from gatekeeper.appservice.web.common import ApiError
@@ -445,15 +446,18 @@ class Pages:
                 self.catalogue.text(lang, "page.confirm.invalid"),
                 status=404,
             )
+        lang = self.language(request, found.language)
+        # A withdrawn request's data is erased at once (retention.py): no name to show.
+        erased = is_erased(found)
         return self.render(
             request,
             "status.html",
             "page.status.title",
-            language=self.language(request, found.language),
-            message="",
+            language=lang,
+            message=self.catalogue.text(lang, "page.status.erased") if erased else "",
             token=token,
             state=found.state.value,
-            user_id=found.user_id(self.config.homeserver.domain),
+            user_id=None if erased else found.user_id(self.config.homeserver.domain),
             can_withdraw=found.state in (State.UNVERIFIED, State.PENDING),
         )
 
