@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gatekeeper.appservice.domain.two_factor import TwoFactorResets
 from gatekeeper.bot.commands import CommandContext, Reply, command
-from gatekeeper.bot.notices import one_line
+from gatekeeper.bot.notices import NO_NAME_YET, one_line
 
 
 class AccountCommands:
@@ -26,7 +26,7 @@ class AccountCommands:
                 f"No request or account of {one_line(ctx.args[0], 100)} can log in to "
                 f"Gatekeeper. Give its request ID, @name:{self.domain} or just the name."
             )
-        who = f"{request.user_id(self.domain)} (request {request.id})"
+        who = f"{request.shown_user_id(self.domain, NO_NAME_YET)} (request {request.id})"
         reason = ctx.raw_args[len(ctx.args[0]) :].strip() or None
         if not await self.resets.reset(request, ctx.sender, reason):
             return Reply(f"{who} has no two-factor login; nothing changed.")

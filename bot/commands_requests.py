@@ -9,10 +9,9 @@ from gatekeeper.appservice.domain.decisions import Decisions
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome, Result
 from gatekeeper.appservice.domain.signup import MAX_REASON_CHARS
-from gatekeeper.appservice.matrix_ids import user_id
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.bot.commands import CommandContext, Reply, command
-from gatekeeper.bot.notices import age, describe, one_line, shown_email
+from gatekeeper.bot.notices import NO_NAME_YET, age, describe, one_line, shown_email
 
 PAGE_SIZE = 10
 DECISION_ANSWERS = {
@@ -39,7 +38,7 @@ class RequestCommands:
                 verb_lower=verb.lower(),
                 id=request.id,
                 state=request.state,
-                user_id=request.user_id(self.config.homeserver.domain),
+                user_id=request.shown_user_id(self.config.homeserver.domain, NO_NAME_YET),
             )
         )
 
@@ -104,5 +103,5 @@ class RequestCommands:
 
     def _summary(self, request: RegistrationRequest) -> str:
         email = shown_email(request.email, self.config)
-        who = user_id(request.localpart, self.config.homeserver.domain)
+        who = request.shown_user_id(self.config.homeserver.domain, NO_NAME_YET)
         return f"• {request.id} {who} — {email} — {request.state} — {age(request.created_at)}"

@@ -40,6 +40,10 @@ BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 
+# What the room shows for a request whose applicant names it after approval (the seed's
+# /registrations/ API, appservice/domain/seed_registrations.py).
+NO_NAME_YET = "no user name yet (chosen after approval)"
+
 OUTCOME = {
     State.APPROVED: "✅ Approved by {decided_by}; creating the account…",
     State.PROVISIONING: "✅ Approved by {decided_by}; creating the account…",
@@ -102,7 +106,7 @@ def describe(
 ) -> Reply:
     """The notice's text for the request's current state: one line per fact, and no
     applicant text able to add a line."""
-    user_id = request.user_id(config.homeserver.domain)
+    user_id = request.shown_user_id(config.homeserver.domain, NO_NAME_YET)
     email = shown_email(request.email, config)
     lines = [
         f"Sign-up request {request.id}: {user_id}",

@@ -38,6 +38,7 @@ from gatekeeper.appservice.web.security import (
     LOGIN_TOKEN,
     SUDO_TOKEN,
 )
+from gatekeeper.appservice.web.seed_api import SeedApi
 from gatekeeper.bot.bot import COMMAND_CLASSES
 from gatekeeper.bot.commands import CommandSpec, declared_commands
 from gatekeeper.bot.notices import APPROVE_KEYS, REJECT_KEYS
@@ -190,6 +191,7 @@ def example_web_app() -> web.Application:
         cast(Pages, _MethodsOnly(Pages)),
         security=None,
         monitoring=cast(Monitoring, _MethodsOnly(Monitoring)),
+        seed_api=cast(SeedApi, _MethodsOnly(SeedApi)),
     )
 
 
@@ -212,7 +214,12 @@ def _security(operation: dict[str, Any], document: dict[str, Any]) -> str:
     described = []
     for name in names:
         scheme = schemes[name]
-        if scheme["type"] == "http":
+        if scheme.get("scheme") == "basic":
+            described.append(
+                f"`Authorization: Basic <base64 of rid:token>`, the manager's token "
+                f"(web.admin_api_token) or the requester's ({name})"
+            )
+        elif scheme["type"] == "http":
             described.append(f"`Authorization: Bearer <web.admin_api_token>` ({name})")
         else:
             described.append(f"the `{scheme['name']}` header ({name}, see above)")
@@ -260,7 +267,8 @@ def _operation_lines(
 
 
 def paths_outside_api(app: web.Application) -> list[tuple[str, str]]:
-    """(method, path) of the pages and other routes that are not under /api/."""
+    """(method, path) of the pages and other routes that are not under /api/ (nor the
+    seed's /registrations/, which the OpenAPI document describes)."""
     found = set()
     for route in app.router.routes():
         if route.resource is None or route.method == "HEAD":
@@ -268,7 +276,7 @@ def paths_outside_api(app: web.Application) -> list[tuple[str, str]]:
         info = route.resource.get_info()
         # A static resource has a prefix: everything below it is served.
         path = info.get("path") or info.get("formatter") or f"{info.get('prefix', '')}/…"
-        if not path.startswith("/api/"):
+        if not path.startswith(("/api/", "/registrations/")):
             found.add((route.method, path))
     return sorted(found, key=lambda method_path: (method_path[1], method_path[0]))
 
@@ -304,6 +312,9 @@ def api_reference() -> str:
         f"  the `{CSRF_TOKEN}` cookie; `GET /api/csrf` hands out both.",
         "- `/api/admin/` is for scripts: it answers only when `web.admin_api_token` is set, to",
         "  `Authorization: Bearer <that token>`.",
+        "- `/registrations/` is the other seed's registration API, for clients written for",
+        "  it: its own field names (snake_case), HTTP Basic `rid:token` (the manager's token",
+        "  is `web.admin_api_token`), no cookies and no CSRF token.",
         "",
         "## Operations",
         "",

@@ -1,7 +1,8 @@
 """Schemathesis hooks (SCHEMATHESIS_HOOKS=tests.fuzz_hooks) for tests/test_fuzz.py.
 
 Every generated request carries the fuzz account's session, sudo and CSRF cookies, the
-matching X-CSRF-Token header and the admin API's bearer token, all read from the JSON
+matching X-CSRF-Token header and the admin API's bearer token (as the manager's Basic
+credentials on the seed's /registrations/{rid}/), all read from the JSON
 file named by GATEKEEPER_FUZZ_SETTINGS. Operations that end the session (logout) or
 change the password are fuzzed too: the hooks follow the new password and log back in,
 so one lucky request does not leave the rest of the run knocking at a closed door.
@@ -10,6 +11,7 @@ Each answer is appended to a log the test reads to prove every endpoint was reac
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -53,6 +55,11 @@ class FuzzCredentials:
         headers = {**(case.headers or {}), CSRF_HEADER: cookies[CSRF_COOKIE]}
         if self.admin_token is not None:
             headers["Authorization"] = f"Bearer {self.admin_token}"
+            rid = (case.path_parameters or {}).get("rid")
+            if rid is not None:
+                # The seed's /registrations/{rid}/: HTTP Basic rid:token, as its manager.
+                pair = f"{rid}:{self.admin_token}".encode("utf-8", "surrogateescape")
+                headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         case.headers = headers
 
     def after(self, case: schemathesis.Case, response: schemathesis.Response) -> None:

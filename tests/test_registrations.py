@@ -617,6 +617,7 @@ async def test_name_is_held_while_the_request_lives(
     registrations: Registrations, store: RegistrationStore, state: State
 ) -> None:
     request = await request_in(registrations, state)
+    assert request.localpart is not None
     same_name = replace(new_request(), localpart=request.localpart)
     assert await store.name_requested(request.localpart) is (state in HOLDING)
     if state in HOLDING:
@@ -707,6 +708,7 @@ async def test_a_failing_consequence_undoes_the_transition(
     assert heard == []
 
     new = new_request()
+    assert new.localpart is not None
     with pytest.raises(OSError, match="outbox"):
         await registrations.create(new, confirmed=False, after=mail_fails)
     assert not await store.name_requested(new.localpart)

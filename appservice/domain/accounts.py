@@ -326,7 +326,7 @@ class Accounts:
         if holder is not None:
             # An address belongs to one account: its owner hears of the try instead of
             # getting a link, and the answer is the usual one (nobody learns who owns it).
-            await self.mail.email_in_use(holder, request.user_id(self.config.homeserver.domain))
+            await self.mail.email_in_use(holder, self.mail.user_id(request))
             return
         await self.store.set_pending_email(request.id, email)
         await self.tokens.void_tokens(request.id, EMAIL_CHANGE_PURPOSE)

@@ -40,7 +40,9 @@ class ApplicantMail:
         self.limiter = limiter
 
     def user_id(self, request: RegistrationRequest) -> str:
-        return request.user_id(self.config.homeserver.domain)
+        domain = self.config.homeserver.domain
+        no_name = self.catalogue.text(request.language, "request.no_name_yet", domain=domain)
+        return request.shown_user_id(domain, no_name)
 
     async def _send(
         self,

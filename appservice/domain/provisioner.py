@@ -63,6 +63,8 @@ class Provisioner:
         return None if due is None else (due - now_ms()) / 1000
 
     async def provision(self, request: RegistrationRequest) -> None:
+        # Only named requests are claimed (RegistrationStore.next_due_for_provisioning).
+        assert request.localpart is not None
         # A request signed up under registration.password: after_approval holds no password;
         # one from before a switch to that mode keeps the password it was made with.
         password = None

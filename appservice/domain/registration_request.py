@@ -88,7 +88,9 @@ def new_request_id() -> str:
 @dataclass(frozen=True)
 class RegistrationRequest:
     id: str
-    localpart: str
+    # None until its applicant names it: a request made through the seed's /registrations/
+    # API is named after approval (appservice/domain/seed_registrations.py).
+    localpart: str | None
     email: str
     language: str
     reason: str
@@ -121,14 +123,21 @@ class RegistrationRequest:
     def state(self) -> State:
         return STATE_OF[(self.status, self.matrix_status)]
 
-    def user_id(self, domain: str) -> str:
-        """The account's Matrix ID once it exists, else the one asked for."""
-        return self.matrix_user_id or user_id(self.localpart, domain)
+    def user_id(self, domain: str) -> str | None:
+        """The account's Matrix ID once it exists, else the one asked for (None: no name
+        asked for yet)."""
+        if self.matrix_user_id:
+            return self.matrix_user_id
+        return None if self.localpart is None else user_id(self.localpart, domain)
+
+    def shown_user_id(self, domain: str, no_name: str) -> str:
+        """user_id() for people to read: `no_name` stands for a name not chosen yet."""
+        return self.user_id(domain) or no_name
 
 
 @dataclass(frozen=True)
 class NewRequest:
-    localpart: str
+    localpart: str | None  # None: the name is chosen after approval
     email: str
     language: str
     reason: str

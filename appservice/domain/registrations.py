@@ -145,7 +145,7 @@ class Registrations:
         now = now_ms()
         decided_by = new.invited_by if state is State.APPROVED else None
         async with transaction(self.store.db) as conn:
-            if await self.store.name_requested(new.localpart, conn):
+            if new.localpart is not None and await self.store.name_requested(new.localpart, conn):
                 raise NameAlreadyRequested(new.localpart)
             holder = await self.store.holder_of_email(new.email, conn=conn)
             if holder is not None:
@@ -319,8 +319,9 @@ class Registrations:
 
     async def resume_interrupted(self) -> int:
         """Put requests whose provisioning round died (process crash, database failure
-        before the outcome was written) back in the queue."""
-        ids = await self.store.ids_in_state(State.PROVISIONING)
+        before the outcome was written) back in the queue. An account the seed's PATCH is
+        making in a web process is not such a round (appservice/domain/seed_registrations.py)."""
+        ids = await self.store.ids_interrupted(now_ms())
         for request_id in ids:
             await self.apply(
                 request_id,

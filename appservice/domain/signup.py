@@ -149,12 +149,9 @@ class SignUps:
         reason = _text(body, "reason", errors, self.config.registration.require_reason).strip()
 
         if localpart and "userName" not in errors:
-            if not user_id_fits(localpart, self.config.homeserver.domain):
-                errors["userName"] = "is too long"
-            elif not LOCALPART_RE.match(localpart):
-                errors["userName"] = f"may only contain {LOCALPART_RULE}"
-            elif self._reserved(localpart):
-                errors["userName"] = "is reserved"
+            problem = self._grammar_problem(localpart)
+            if problem:
+                errors["userName"] = problem
         if email and "email" not in errors:
             try:
                 email = valid_email(email, "email")
@@ -169,6 +166,20 @@ class SignUps:
         if len(reason) > MAX_REASON_CHARS:
             errors["reason"] = f"must be at most {MAX_REASON_CHARS} characters"
         return SignUpForm(localpart, email, language, password, reason), errors
+
+    def _grammar_problem(self, localpart: str) -> str | None:
+        if not user_id_fits(localpart, self.config.homeserver.domain):
+            return "is too long"
+        if not LOCALPART_RE.match(localpart):
+            return f"may only contain {LOCALPART_RULE}"
+        if self._reserved(localpart):
+            return "is reserved"
+        return None
+
+    async def name_problem(self, localpart: str) -> str | None:
+        """What is wrong with a wished name (grammar, reserved, taken here or on the
+        homeserver), None when it is free: the sign-up's checks, for a name chosen later."""
+        return self._grammar_problem(localpart) or await self._name_problem(localpart)
 
     def _reserved(self, localpart: str) -> bool:
         if localpart == self.config.appservice.bot_username:
@@ -268,7 +279,7 @@ class SignUps:
             await self.limiter.recipient_may_get_mail(form.email)
         if invite is None:
             await self.gate.apply_daily_cap()
-        return SignUpAnswer(created.state, created.localpart, created.email, status_token)
+        return SignUpAnswer(created.state, form.localpart, created.email, status_token)
 
     async def status_token(self, request_id: str) -> str:
         """A fresh token for the request's status page (the mail's link is elsewhere)."""

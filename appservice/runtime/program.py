@@ -26,6 +26,7 @@ from gatekeeper.appservice.domain.moderation import Moderation
 from gatekeeper.appservice.domain.passwords import PasswordHasher
 from gatekeeper.appservice.domain.provisioner import Provisioner
 from gatekeeper.appservice.domain.registrations import Registrations
+from gatekeeper.appservice.domain.seed_registrations import SeedRegistrations
 from gatekeeper.appservice.domain.signup import SignUps
 from gatekeeper.appservice.domain.two_factor import TwoFactorResets
 from gatekeeper.appservice.homeserver.account_backend import AccountBackend
@@ -54,6 +55,7 @@ from gatekeeper.appservice.web.account_api import AccountApi
 from gatekeeper.appservice.web.app import WebApi, create_web_app
 from gatekeeper.appservice.web.pages import Pages
 from gatekeeper.appservice.web.security import Cookies, Csrf, security_middleware
+from gatekeeper.appservice.web.seed_api import SeedApi
 from gatekeeper.bot.admin_room import AdminRoomError
 from gatekeeper.bot.bot import AdminBot
 from gatekeeper.bot.commands import Reply
@@ -278,6 +280,18 @@ class Gatekeeper:
             pages,
             security_middleware(cookies, csrf, sessions),
             core.monitoring,
+            SeedApi(
+                SeedRegistrations(
+                    config,
+                    core.db,
+                    core.registrations,
+                    core.store,
+                    signups,
+                    core.decisions,
+                    core.accounts,
+                    core.mail,
+                )
+            ),
         )
 
     async def _open_web(self, app: web.Application) -> None:

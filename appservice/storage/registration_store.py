@@ -101,6 +101,16 @@ class RegistrationStore:
         )
         return [row["id"] for row in rows]
 
+    async def ids_interrupted(self, now: int) -> list[str]:
+        """Requests marked as being provisioned but for the ones whose account the seed's
+        PATCH is making right now (seed_registration.creating_until, migration 011)."""
+        rows = await self.db.fetch(
+            f"SELECT id FROM registration_request WHERE {in_state(State.PROVISIONING)}"  # noqa: S608
+            " AND id NOT IN (SELECT request_id FROM seed_registration WHERE creating_until > $1)",
+            now,
+        )
+        return [row["id"] for row in rows]
+
     async def ids_created_before(self, states: Sequence[State], cutoff_ms: int) -> list[str]:
         rows = await self.db.fetch(
             f"SELECT id FROM registration_request WHERE {status_in(states)}"  # noqa: S608 (ours)
@@ -265,10 +275,13 @@ class RegistrationStore:
     # --- provisioning queue ------------------------------------------------------------
 
     async def next_due_for_provisioning(self, now: int) -> str | None:
-        """The ID of the approved request that waits longest past its next attempt."""
+        """The ID of the approved request that waits longest past its next attempt. One
+        without a name yet waits for it (its account is made with the name, by
+        appservice/domain/seed_registrations.py)."""
         value = await self.db.fetchval(
             f"SELECT id FROM registration_request WHERE {in_state(State.APPROVED)}"  # noqa: S608
-            " AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 1",
+            " AND localpart IS NOT NULL AND next_attempt_at <= $1"
+            " ORDER BY next_attempt_at LIMIT 1",
             now,
         )
         return None if value is None else str(value)
@@ -277,7 +290,7 @@ class RegistrationStore:
         """When the next approved request may be tried, in ms (None: nothing waits)."""
         value = await self.db.fetchval(
             "SELECT MIN(next_attempt_at) FROM registration_request"  # noqa: S608 (ours)
-            f" WHERE {in_state(State.APPROVED)}"
+            f" WHERE {in_state(State.APPROVED)} AND localpart IS NOT NULL"
         )
         return None if value is None else int(value)
 

@@ -47,6 +47,7 @@ from gatekeeper.appservice.web.common import MAX_BODY_BYTES, ApiError, json_body
 from gatekeeper.appservice.web.openapi import ACTOR_PATTERN, openapi_document
 from gatekeeper.appservice.web.pages import Pages, security_headers
 from gatekeeper.appservice.web.security import receive_deadline
+from gatekeeper.appservice.web.seed_api import SeedApi
 
 log = logging.getLogger("gatekeeper.web")
 
@@ -136,7 +137,7 @@ class WebApi:
         self.decisions = decisions
         self.moderation = moderation
 
-    def user_id(self, request: RegistrationRequest) -> str:
+    def user_id(self, request: RegistrationRequest) -> str | None:
         return request.user_id(self.config.homeserver.domain)
 
     # --- applicants --------------------------------------------------------------------
@@ -515,7 +516,12 @@ def forwarded_for(trusted_proxies: list[str]) -> Middleware:
 
 
 def create_web_app(
-    api: WebApi, account_api: AccountApi, pages: Pages, security: Any, monitoring: Monitoring
+    api: WebApi,
+    account_api: AccountApi,
+    pages: Pages,
+    security: Any,
+    monitoring: Monitoring,
+    seed_api: SeedApi,
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -593,6 +599,12 @@ def create_web_app(
     add.add_post("/api/admin/users/{user_id}/unsuspend", api.admin_unsuspend)
     add.add_post("/api/admin/users/{user_id}/deactivate", api.admin_deactivate)
     add.add_get("/api/antibot/challenge", api.antibot_challenge)
+    # The other seed's registration API (web/seed_api.py), at the paths its clients use.
+    add.add_post("/registrations/", seed_api.create)
+    add.add_get("/registrations/{rid}/", seed_api.show)
+    add.add_put("/registrations/{rid}/", seed_api.decide)
+    add.add_patch("/registrations/{rid}/", seed_api.name)
+    add.add_delete("/registrations/{rid}/", seed_api.withdraw)
     # For load balancers and container health checks; the metrics listener has it too.
     add.add_get("/health", monitoring.health)
     document = openapi_document(

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from gatekeeper.appservice.domain.errors import FieldErrors
-from gatekeeper.appservice.web.openapi import REQUEST_BODIES
+from gatekeeper.appservice.web.openapi import body_schema
 
 MAX_BODY_BYTES = 64 * 1024
 # Every body of the API is a flat object; deeper ones are refused before they are walked.
@@ -84,7 +84,7 @@ def _nesting_and_storable(value: Any) -> tuple[int, bool]:
 def known_fields(request: web.Request) -> frozenset[str]:
     """The body fields this endpoint takes, as its OpenAPI document lists them."""
     resource = request.match_info.route.resource
-    schema = REQUEST_BODIES.get(resource.canonical if resource else "", {})
+    schema = body_schema(request.method, resource.canonical if resource else "") or {}
     return frozenset(schema.get("properties", {}))
 
 

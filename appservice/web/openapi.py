@@ -107,7 +107,22 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/admin/users/{user_id}/suspend": _object(reason=TEXT),
     "/api/admin/users/{user_id}/unsuspend": _object(reason=TEXT),
     "/api/admin/users/{user_id}/deactivate": _object(erase=FLAG, reason=TEXT),
+    # The seed's registration API (web/seed_api.py); one path takes two bodies, by method.
+    "/registrations/": _object(("email",), email=EMAIL),
+    "PUT /registrations/{rid}/": _object(("status",), status=_one_of("approved", "rejected")),
+    "PATCH /registrations/{rid}/": _object(
+        ("matrix_status", "username"),
+        matrix_status=_one_of("processing"),
+        username={"type": "string", "pattern": rf"^[{LOCALPART_CHARS}]+$", "minLength": 1},
+        email=EMAIL,
+    ),
 }
+
+
+def body_schema(method: str, path: str) -> dict[str, Any] | None:
+    """The JSON body an operation takes: its method's own, else its path's."""
+    return REQUEST_BODIES.get(f"{method} {path}", REQUEST_BODIES.get(path))
+
 
 QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
     "/api/registration/status": [
@@ -137,8 +152,9 @@ QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
 REGISTRATION = _object(
     ("id", "userName", "userId", "email", "language", "state", "createdAt"),
     id=TEXT,
-    userName=TEXT,
-    userId=TEXT,
+    # Null while the request has no name: one from /registrations/ is named after approval.
+    userName=_nullable(TEXT),
+    userId=_nullable(TEXT),
     email=TEXT,
     language=TEXT,
     reason=_nullable(TEXT),
@@ -193,10 +209,23 @@ WHOIS = _object(
     moderationRefused=_nullable(TEXT),
 )
 EMPTY = _object()
+# The seed's registration: the manager sees no personal data (username, email null), and
+# the password is there once, in the answer that made the account.
+SEED_REGISTRATION = _object(
+    ("rid", "username", "email", "password", "created", "modified", "status", "matrix_status"),
+    rid=TEXT,
+    username=_nullable(TEXT),
+    email=_nullable(TEXT),
+    password=_nullable(TEXT),
+    created=TIME,
+    modified=TIME,
+    status=_one_of("pending", "approved", "rejected"),
+    matrix_status=_one_of("pending", "processing", "success", "failed"),
+)
 RECOVERY_CODES = {"type": "array", "items": TEXT}
 
 # The success answer of each path: its status and body schema.
-RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
+RESPONSES: dict[str, tuple[int, dict[str, Any] | None]] = {
     "/api/csrf": (200, _object(("csrfToken",), csrfToken=TEXT)),
     "/api/auth/login": (
         200,
@@ -315,6 +344,14 @@ RESPONSES: dict[str, tuple[int, dict[str, Any]]] = {
     "/api/admin/users/{user_id}/suspend": (200, MODERATED),
     "/api/admin/users/{user_id}/unsuspend": (200, MODERATED),
     "/api/admin/users/{user_id}/deactivate": (200, MODERATED),
+    "/registrations/": (
+        201,
+        {"allOf": [SEED_REGISTRATION, _object(("token",), token=TEXT)]},
+    ),
+    "GET /registrations/{rid}/": (200, SEED_REGISTRATION),
+    "PUT /registrations/{rid}/": (200, SEED_REGISTRATION),
+    "PATCH /registrations/{rid}/": (200, SEED_REGISTRATION),
+    "DELETE /registrations/{rid}/": (204, None),  # HTTP gives a 204 no body
 }
 
 ERROR = _object(
@@ -353,12 +390,14 @@ def _operation(
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
     # An undescribed route still answers JSON, just of no documented shape.
-    status, success = RESPONSES.get(path, (200, {}))
+    status, success = RESPONSES.get(f"{method} {path}", RESPONSES.get(path, (200, {})))
     error = {"$ref": "#/components/schemas/Error"}
     operation: dict[str, Any] = {
         "summary": summary.replace("\n", " "),
         "responses": {
-            str(status): _json("Success", success),
+            str(status): (
+                {"description": "Success"} if success is None else _json("Success", success)
+            ),
             "4XX": _json("The JSON error body", error),
             # Moderation passes the homeserver's refusal on (a wrong admin token, say).
             **(
@@ -375,31 +414,40 @@ def _operation(
     parameters = list(QUERY_PARAMETERS.get(path, []))
     if "{id}" in path:
         parameters.append({"name": "id", "in": "path", "required": True, "schema": TEXT})
+    if "{rid}" in path:
+        parameters.append({"name": "rid", "in": "path", "required": True, "schema": TEXT})
     if "{user_id}" in path:
         # A full user ID (@ann:domain) or the bare localpart (ann).
         parameters.append({"name": "user_id", "in": "path", "required": True, "schema": TEXT})
     if parameters:
         operation["parameters"] = parameters
-    if method == "POST":
+    schema = body_schema(method, path)
+    if method == "POST" or schema is not None:
         operation["requestBody"] = {
-            "required": path in REQUEST_BODIES and "required" in REQUEST_BODIES[path],
+            "required": schema is not None and "required" in schema,
             "content": {
                 "application/json": {
-                    "schema": _request_body(path, domain, password_after_approval, proof_of_work)
+                    "schema": _request_body(
+                        method, path, domain, password_after_approval, proof_of_work
+                    )
                 }
             },
         }
     if path.startswith("/api/admin/"):
         operation["security"] = [{"adminToken": []}]
+    elif path.startswith("/registrations/{rid}/"):
+        operation["security"] = [{"registrationToken": []}]
+    elif path.startswith("/registrations/"):
+        operation["security"] = []  # anyone may ask; no cookie, no CSRF token
     elif method == "POST":
         operation["security"] = [{"csrfToken": []}]
     return operation
 
 
 def _request_body(
-    path: str, domain: str, password_after_approval: bool, proof_of_work: bool
+    method: str, path: str, domain: str, password_after_approval: bool, proof_of_work: bool
 ) -> dict[str, Any]:
-    schema = _with_user_name_limit(REQUEST_BODIES.get(path, _object()), domain)
+    schema = _with_user_name_limit(body_schema(method, path) or _object(), domain)
     if path != "/api/auth/sign-up":
         return schema
     if password_after_approval:
@@ -419,7 +467,7 @@ def openapi_document(
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
-        if not path or not path.startswith("/api/") or route.method == "HEAD":
+        if not path or not path.startswith(("/api/", "/registrations/")) or route.method == "HEAD":
             continue
         paths.setdefault(path, {})[route.method.lower()] = _operation(
             route.method, path, route.handler, domain, password_after_approval, proof_of_work
@@ -432,6 +480,9 @@ def openapi_document(
             "schemas": {"Error": ERROR, "Registration": REGISTRATION},
             "securitySchemes": {
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                # HTTP Basic rid:token, with the manager's token (web.admin_api_token) or
+                # the requester's own (/registrations/ only).
+                "registrationToken": {"type": "http", "scheme": "basic"},
                 "csrfToken": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
             },
         },

@@ -45,6 +45,7 @@ from gatekeeper.appservice.web.security import (
     CSRF_TOKEN,
     DEVICE_TOKEN,
     LOGIN_TOKEN,
+    SEED_PREFIX,
     SESSION_KEY,
     SUDO_TOKEN,
     Cookies,
@@ -145,6 +146,12 @@ class Pages:
             for field, message in errors.items()
         }
 
+    def user_id(self, found: RegistrationRequest, language: str) -> str:
+        """The request's Matrix ID, or (named after approval) what stands for it."""
+        domain = self.config.homeserver.domain
+        no_name = self.catalogue.text(language, "request.no_name_yet", domain=domain)
+        return found.shown_user_id(domain, no_name)
+
     def language_links(self, request: web.Request) -> list[tuple[str, str, str]]:
         """Each language's code, name and link to this page in it: only `lang` changes, so
         a link's token (confirm, status, reset) stays. A page that answers a form of a
@@ -225,7 +232,7 @@ class Pages:
     @web.middleware
     async def errors_as_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Pages answer with pages: a refused request or a crash is explained, never a trace."""
-        if request.path.startswith("/api/") or request.path.startswith("/static/"):
+        if request.path.startswith(("/api/", "/static/", SEED_PREFIX)):
             return await handler(request)
         lang = self.language(request)
         try:
@@ -392,7 +399,7 @@ class Pages:
             "page.confirm.title",
             language=self.language(request, found.language),
             token=token,
-            user_id=found.user_id(self.config.homeserver.domain),
+            user_id=self.user_id(found, self.language(request, found.language)),
             email=found.email,
         )
 
@@ -457,7 +464,7 @@ class Pages:
             message=self.catalogue.text(lang, "page.status.erased") if erased else "",
             token=token,
             state=found.state.value,
-            user_id=None if erased else found.user_id(self.config.homeserver.domain),
+            user_id=None if erased else self.user_id(found, lang),
             can_withdraw=found.state in (State.UNVERIFIED, State.PENDING),
         )
 
@@ -581,7 +588,7 @@ class Pages:
             status=400 if found is None else 422 if errors else 200,
             language=lang,
             token=token if found else "",
-            user_id=found.user_id(self.config.homeserver.domain) if found else "",
+            user_id=self.user_id(found, lang) if found else "",
             errors=self.translate_errors(lang, errors or {}),
             message="" if found else self.catalogue.text(lang, "page.reset.invalid"),
         )
@@ -644,7 +651,7 @@ class Pages:
             email=account.email,
             state=account.state.value,
             account_language=account.language,
-            user_id=account.user_id(self.config.homeserver.domain),
+            user_id=self.user_id(account, lang),
             sudo=self.sessions.has_sudo(session, self.cookies.get(request, SUDO_TOKEN)),
             tfa_enabled=tfa_enabled,
             recovery_left=await self.accounts.totp.recovery_codes_left(account.id)

@@ -2,7 +2,8 @@
 
 Access rules by path: /api/user/* needs a session (LOGIN_TOKEN), /api/user/settings/*
 also a verified email, /api/user/settings/sensitive/* also a SUDO_TOKEN. CSRF: every
-unsafe request carries the CSRF cookie's value in X-CSRF-Token (or the form field);
+unsafe request carries the CSRF cookie's value in X-CSRF-Token (or the form field), but
+for the admin API and the seed's /registrations/ (their header is their credential);
 the token is HMAC-signed and bound to the session (or to "anonymous" before login).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 
 from aiohttp import web
@@ -38,6 +40,17 @@ CSRF_TOKEN = "CSRF-Token"  # noqa: S105
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# The seed's registration API (web/seed_api.py): its clients send no cookies and no CSRF
+# token, and it reads no session: the Authorization header alone opens it. Anything under
+# its prefix answers JSON, as under /api/.
+SEED_PREFIX = "/registrations/"
+SEED_PATHS = re.compile(r"/registrations/(?:[^/]+/)?")
+
+
+def is_seed_path(path: str) -> bool:
+    return SEED_PATHS.fullmatch(path) is not None
+
+
 ANONYMOUS = "anonymous"
 
 SESSION_KEY = web.RequestKey("session", Session)
@@ -193,7 +206,11 @@ def security_middleware(cookies: Cookies, csrf: Csrf, sessions: Sessions) -> Mid
         if session is not None:
             request[SESSION_KEY] = session
         path = request.path
-        if request.method not in SAFE_METHODS and not path.startswith("/api/admin/"):
+        if (
+            request.method not in SAFE_METHODS
+            and not path.startswith("/api/admin/")
+            and not is_seed_path(path)
+        ):
             cookie = cookies.get(request, CSRF_TOKEN) or ""
             given = await submitted_csrf_token(request)
             # Empty equals empty is a failure; the token must be ours and this session's.
