@@ -8,12 +8,21 @@ import base64
 from typing import Any
 
 import aiohttp
+from mautrix.util.async_db.connection import LoggingConnection
 
-from gatekeeper.appservice.domain.registration_request import State
-from gatekeeper.appservice.domain.seed_registrations import SEED_STATUS
+from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
+from gatekeeper.appservice.domain.registrations import Transition
+from gatekeeper.appservice.domain.seed_registrations import CREATION_LEASE_MS, SEED_STATUS
 from gatekeeper.appservice.runtime.program import Gatekeeper
+from gatekeeper.appservice.timeutil import now_ms
 from harness.matrix_user import MatrixUser
-from tests.conftest import ADMIN_API_TOKEN, Homeserver, MailCatcher, StartGatekeeper
+from tests.conftest import (
+    ADMIN_API_TOKEN,
+    SERVER_NAME,
+    Homeserver,
+    MailCatcher,
+    StartGatekeeper,
+)
 from tests.flows import (
     active_account,
     api,
@@ -311,3 +320,69 @@ async def test_the_openapi_document_describes_the_seed_paths(
     put = operations["put"]["requestBody"]["content"]["application/json"]["schema"]
     assert put["properties"]["status"]["enum"] == ["approved", "rejected"]
     assert operations["patch"]["security"] == [{"registrationToken": []}]
+
+
+async def test_the_provisioner_leaves_a_running_patch_creation_alone(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
+    """The PATCH makes the account in the web process, with a password only it has: the
+    provisioner must not take it for an interrupted round of its own (and make the account
+    without that password), unless the PATCH's lease has run out (the process died)."""
+    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
+    created = await approved(gatekeeper, new_applicant("lease").email)
+    rid = created["rid"]
+    # What the PATCH leaves while it waits for the homeserver: named, being provisioned,
+    # under its lease, in one transaction (as SeedRegistrations.name_and_create does).
+
+    async def hold(conn: LoggingConnection, _: RegistrationRequest) -> None:
+        await conn.execute(
+            "UPDATE seed_registration SET creating_until=$2 WHERE request_id=$1",
+            rid,
+            now_ms() + CREATION_LEASE_MS,
+        )
+
+    started = await gatekeeper.registrations.apply(
+        rid,
+        Transition.START_PROVISIONING,
+        "applicant",
+        extra={"localpart": "lease-" + rid},
+        after=hold,
+    )
+    assert started.changed
+    assert await gatekeeper.registrations.resume_interrupted() == 0
+    assert (await seed_state(gatekeeper, rid)) is State.PROVISIONING
+
+    # The process died mid-way: once the lease is over, it is an interrupted round.
+    await gatekeeper.db.execute(
+        "UPDATE seed_registration SET creating_until=$2 WHERE request_id=$1", rid, now_ms() - 1
+    )
+    await gatekeeper.registrations.resume_interrupted()
+    history = await gatekeeper.store.history(rid)
+    assert [e.reason for e in history].count("interrupted; resumed") == 1
+
+
+async def seed_state(gatekeeper: Gatekeeper, rid: str) -> State:
+    request = await gatekeeper.store.get(rid)
+    assert request is not None
+    return request.state
+
+
+async def test_the_confirm_page_says_the_name_comes_after_approval_in_both_languages(
+    start_gatekeeper: StartGatekeeper, page: Any, smtp: MailCatcher
+) -> None:
+    gatekeeper = await start_gatekeeper()
+    email = new_applicant("page").email
+    await registered(gatekeeper, email)
+    mail = await smtp.wait_for(email, "confirm")
+    confirm = link_token(mail, "confirm-email")
+    base = web_url(gatekeeper)
+
+    await page.goto(f"{base}/confirm-email?token={confirm}&lang=en")
+    assert await page.text_content("#what") == (
+        "Someone – hopefully you – asked for the Matrix account"
+        f" @…:{SERVER_NAME} (name chosen after approval) with the email address {email}."
+    )
+    await page.goto(f"{base}/confirm-email?token={confirm}&lang=de")
+    assert f"@…:{SERVER_NAME} (Name wird nach der Freigabe gewählt)" in (
+        await page.text_content("#what") or ""
+    )
