@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import MailCatcher, StartGatekeeper
-from tests.flows import api, link_token, new_applicant, request_id_of, sign_up
+from tests.flows import (
+    active_account,
+    api,
+    link_token,
+    logged_in,
+    new_applicant,
+    request_id_of,
+    sign_up,
+    web_url,
+)
 from tests.test_pages import link
 from tests.test_retention import database_text
 
@@ -47,3 +58,47 @@ async def test_withdrawing_on_the_status_page_erases_the_request(
         200,
         {"status": "withdrawn", "userId": "", "email": ""},
     )
+
+
+async def test_an_account_holder_downloads_their_data_after_entering_the_password(
+    start_gatekeeper: StartGatekeeper, page: Any
+) -> None:
+    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
+    cy = await active_account(gatekeeper, "cy")
+    request_id = await request_id_of(gatekeeper, cy)
+
+    await page.goto(f"{web_url(gatekeeper)}/login")
+    await page.fill("#email", cy.email)
+    await page.fill("#password", cy.password)
+    await page.click("button[type=submit]")
+    assert await page.locator("form[action='/settings/personal-data']").count() == 0
+    assert "or to download your data" in (await page.text_content("main") or "")
+    await page.fill("#password", cy.password)
+    await page.click("form[action='/settings/sudo'] button")
+    async with page.expect_download() as downloading:
+        await page.click("text=Download my data")
+    download = await downloading.value
+    assert download.suggested_filename == "gatekeeper-data.json"
+    data = json.loads(Path(await download.path()).read_text())
+    assert data["request"]["id"] == request_id
+    assert data["request"]["email"] == cy.email
+    assert data["request"]["localpart"] == cy.localpart
+    assert data["request"]["state"] == "active"
+    assert [row["to_state"] for row in data["history"]][-1] == "active"
+    assert data["two_factor"]["on"] is False
+    # No secrets: a copy of them would only help whoever gets hold of the file.
+    assert "password_hash" not in data["request"]
+    assert "password_encrypted" not in data["request"]
+
+    # The API: the same, also only after the password.
+    async with await logged_in(gatekeeper, cy) as client:
+        path = "/api/user/settings/sensitive/personal-data"
+        status, body = await client.get(path)
+        assert (status, body["errcode"]) == (403, "GK_SUDO_REQUIRED")
+        assert await client.post("/api/user/settings/sudo", {"password": cy.password}) == (
+            200,
+            {"success": True},
+        )
+        status, body = await client.get(path)
+        assert status == 200
+        assert body == {**data, "web_sessions": body["web_sessions"]}

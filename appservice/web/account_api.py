@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from gatekeeper.appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
 from gatekeeper.appservice.domain.registration_request import State
+from gatekeeper.appservice.storage.personal_data import personal_data
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.web.common import ApiError, flag_field, json_body, text_field
 from gatekeeper.appservice.web.security import (
@@ -21,6 +23,18 @@ from gatekeeper.appservice.web.security import (
     Cookies,
     Csrf,
 )
+
+
+def personal_data_file(data: dict[str, Any]) -> web.Response:
+    """The download: a JSON file the browser saves rather than shows."""
+    return web.Response(
+        text=json.dumps(data, indent=2, ensure_ascii=False),
+        content_type="application/json",
+        headers={
+            "Content-Disposition": 'attachment; filename="gatekeeper-data.json"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def client_address(request: web.Request) -> str:
@@ -249,6 +263,12 @@ class AccountApi:
             return web.json_response({"enabled": True, "recoveryCodes": codes})
         await self.accounts.disable_2fa(account, session)
         return web.json_response({"enabled": False})
+
+    async def personal_data(self, request: web.Request) -> web.Response:
+        """`GET` → a JSON file of everything Gatekeeper keeps about the account holder
+        (docs/privacy.md), without secrets."""
+        account = request[ACCOUNT_KEY]
+        return personal_data_file(await personal_data(self.accounts.store.db, account))
 
     async def recovery_codes(self, request: web.Request) -> web.Response:
         """`{}` → `{"recoveryCodes": […]}`: a new set, shown once; the old codes stop

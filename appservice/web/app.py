@@ -554,6 +554,7 @@ def create_web_app(
     add.add_post("/api/user/settings/sensitive/change-password", account_api.change_password)
     add.add_post("/api/user/settings/sensitive/2fa", account_api.second_factor)
     add.add_post("/api/user/settings/sensitive/recovery-codes", account_api.recovery_codes)
+    add.add_get("/api/user/settings/sensitive/personal-data", account_api.personal_data)
     # The HTML pages (web/pages.py), which work without JavaScript.
     add.add_get("/", pages.home)
     add.add_get("/sign-up", pages.sign_up_form)
@@ -581,6 +582,7 @@ def create_web_app(
     add.add_post("/settings/2fa/enable", pages.enable_2fa)
     add.add_post("/settings/2fa/disable", pages.disable_2fa)
     add.add_post("/settings/2fa/recovery-codes", pages.new_recovery_codes)
+    add.add_post("/settings/personal-data", pages.personal_data)
     add.add_get("/confirm-email-change", pages.email_change_form)
     add.add_post("/confirm-email-change", pages.confirm_email_change)
     add.add_static("/static", str(resources.files("gatekeeper.appservice.web") / "static"))

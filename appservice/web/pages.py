@@ -35,11 +35,13 @@ from gatekeeper.appservice.storage.mail_tokens import (
     STATUS_PURPOSE,
     MailTokens,
 )
+from gatekeeper.appservice.storage.personal_data import personal_data
 from gatekeeper.appservice.storage.ratelimit import MAIL_PER_RECIPIENT, RateLimited
 from gatekeeper.appservice.storage.registration_store import RegistrationStore
 from gatekeeper.appservice.storage.retention import is_erased
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment
+from gatekeeper.appservice.web.account_api import personal_data_file
 from gatekeeper.appservice.web.common import ApiError
 from gatekeeper.appservice.web.security import (
     CSRF_TOKEN,
@@ -761,6 +763,11 @@ class Pages:
         self._needs_sudo(request, session)
         await self.accounts.disable_2fa(account, session)
         return await self.settings(request, message_key="page.settings.tfa_disabled")
+
+    async def personal_data(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        return personal_data_file(await personal_data(self.store.db, account))
 
     async def email_change_form(self, request: web.Request) -> web.Response:
         await self._account(request)
