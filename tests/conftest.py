@@ -371,6 +371,10 @@ StartGatekeeper = Callable[..., Awaitable[Gatekeeper]]
 
 
 ADMIN_API_TOKEN = "admin-api-token-for-tests"
+# homeserver.request_timeout of the tests that make Synapse hang: short, so they stay
+# quick, yet long enough for start-up's own calls (creating the admin room) on a busy
+# machine; at 1 s that creation timed out in a CI run.
+HANG_TIMEOUT_S = 3.0
 
 
 def gatekeeper_config(

@@ -48,6 +48,7 @@ from harness.postgres import PostgresError, PrivatePostgres
 from harness.stalling_proxy import StallingProxy
 from tests.conftest import (
     ADMIN_API_TOKEN,
+    HANG_TIMEOUT_S,
     Homeserver,
     MailCatcher,
     StartGatekeeper,
@@ -196,7 +197,7 @@ async def test_hanging_synapse_times_out_and_is_retried(
     stalling_synapse: StallingProxy,
 ) -> None:
     gatekeeper = await start_gatekeeper(
-        homeserver={"address": stalling_synapse.url, "request_timeout": 1.0},
+        homeserver={"address": stalling_synapse.url, "request_timeout": HANG_TIMEOUT_S},
         registration=PATIENT,
     )
     url = web_url(gatekeeper)
@@ -207,7 +208,7 @@ async def test_hanging_synapse_times_out_and_is_retried(
     assert await admin_post(url, f"/registrations/{request_id}/approve") == 200
     # Each attempt ends at the timeout instead of hanging, and the request stays queued.
     view = await wait_until(lambda: retried_after_timeouts(url, request_id), timeout=30)
-    assert "no answer within 1 s" in view["lastError"]
+    assert f"no answer within {HANG_TIMEOUT_S:g} s" in view["lastError"]
     assert not await can_log_in(synapse.url, hana)
 
     stalling_synapse.forward()
