@@ -386,3 +386,27 @@ async def test_the_confirm_page_says_the_name_comes_after_approval_in_both_langu
     assert f"@…:{SERVER_NAME} (Name wird nach der Freigabe gewählt)" in (
         await page.text_content("#what") or ""
     )
+
+
+async def test_the_gates_blocks_and_domain_lists_hold_here_too(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
+    gatekeeper = await start_gatekeeper(
+        registration={**NO_CONFIRMATION, "denied_email_domains": ["spam.example"]}
+    )
+    status, body = await seed(gatekeeper, "POST", "/registrations/", {"email": "x@spam.example"})
+    assert (status, body["errcode"]) == (403, "GK_SIGNUP_REFUSED")
+    assert await gatekeeper.db.fetchval("SELECT COUNT(*) FROM seed_registration") == 0
+
+    # A name block waits for the name: the request is made, its PATCH is refused.
+    await gatekeeper.started.gate.add_block("username", "bad-*", "@alice:example.org", None)
+    created = await approved(gatekeeper, new_applicant("blocked").email)
+    status, body = await seed(
+        gatekeeper,
+        "PATCH",
+        f"/registrations/{created['rid']}/",
+        {"matrix_status": "processing", "username": "bad-name"},
+        basic(created["rid"], created["token"]),
+    )
+    assert (status, body["errcode"]) == (403, "GK_SIGNUP_REFUSED")
+    assert await seed_state(gatekeeper, created["rid"]) is State.APPROVED

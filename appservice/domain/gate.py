@@ -57,7 +57,9 @@ class Block:
     created_at: int
     expires_at: int | None
 
-    def matches(self, localpart: str, email: str, address: str) -> bool:
+    def matches(self, localpart: str | None, email: str, address: str) -> bool:
+        """Whether this block refuses the sign-up; a name block, none without a name yet
+        (the /registrations/ API's request until the PATCH names it)."""
         value = self.value.lower()
         if self.kind == "email":
             return email.lower() == value
@@ -69,6 +71,8 @@ class Block:
                 return ipaddress.ip_address(address) in ipaddress.ip_network(value, strict=False)
             except ValueError:
                 return False
+        if localpart is None:
+            return False
         if value.startswith("/") and value.endswith("/") and len(value) > 1:
             return re.search(self.value[1:-1], localpart) is not None
         return fnmatch.fnmatchcase(localpart, value)
@@ -195,7 +199,7 @@ class Gate:
             await self.audit(actor, "unblock", block_id)
         return removed is not None
 
-    async def blocked_by(self, localpart: str, email: str, address: str) -> str | None:
+    async def blocked_by(self, localpart: str | None, email: str, address: str) -> str | None:
         """Why this sign-up is refused (for the admins, never for the applicant), or None."""
         domain = email.rpartition("@")[2].lower()
         allowed = [d.lower() for d in self.config.allowed_email_domains]

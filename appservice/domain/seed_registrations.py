@@ -36,7 +36,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 from gatekeeper.appservice.config import Config
 from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
 from gatekeeper.appservice.domain.decisions import Decisions
-from gatekeeper.appservice.domain.errors import FieldErrors, SignUpsClosed
+from gatekeeper.appservice.domain.errors import FieldErrors, SignUpRefused, SignUpsClosed
 from gatekeeper.appservice.domain.registration_request import (
     NewRequest,
     RegistrationRequest,
@@ -145,6 +145,7 @@ class SeedRegistrations:
         if reason is not None:
             raise SignUpsClosed(reason)
         email = valid_email(email, "email")
+        await self._refuse_blocked(None, email, address)
         token = secrets.token_urlsafe(32)
         confirmed = not self.config.registration.require_email_confirmation
         new = NewRequest(
@@ -178,6 +179,19 @@ class SeedRegistrations:
         await self.signups.gate.apply_daily_cap()
         return Created(request.id, token, email, request)
 
+    async def _refuse_blocked(self, localpart: str | None, email: str, address: str) -> None:
+        """The gate's blocks and email domain lists, as for a sign-up (a name block only
+        once there is a name)."""
+        why = await self.signups.gate.blocked_by(localpart, email, address)
+        if why is None:
+            return
+        if self.config.registration.tell_room_about_blocked:
+            name = f"@{localpart}:{self.config.homeserver.domain}" if localpart else "no name yet"
+            await self.signups.gate.tell_room(
+                f"Refused a sign-up through /registrations/ ({name}): {why}."
+            )
+        raise SignUpRefused(why)
+
     async def find(self, rid: str) -> RegistrationRequest | None:
         """A request made through this API (others have no user token and are not its)."""
         known = await self.db.fetchval(
@@ -207,7 +221,7 @@ class SeedRegistrations:
         raise FieldErrors({"status": "must be approved or rejected"})
 
     async def name_and_create(
-        self, request: RegistrationRequest, username: str, email: str | None
+        self, request: RegistrationRequest, username: str, email: str | None, address: str
     ) -> tuple[RegistrationRequest, str | None]:
         """Name an approved request and make its account now; the request and the
         generated password (None when the account could not be made)."""
@@ -219,6 +233,7 @@ class SeedRegistrations:
         problem = await self.signups.name_problem(localpart) if localpart else "is required"
         if problem:
             raise FieldErrors({"username": problem})
+        await self._refuse_blocked(localpart, request.email, address)
 
         async def hold(conn: LoggingConnection, started: RegistrationRequest) -> None:
             await conn.execute(

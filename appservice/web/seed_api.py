@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gatekeeper.appservice.domain.errors import SignUpsClosed
+from gatekeeper.appservice.domain.errors import SignUpRefused, SignUpsClosed
 from gatekeeper.appservice.domain.registration_request import RegistrationRequest, State
 from gatekeeper.appservice.domain.registrations import Outcome
 from gatekeeper.appservice.domain.seed_registrations import (
@@ -112,6 +112,8 @@ class SeedApi:
             created = await self.seeds.create(email, request.remote or "")
         except SignUpsClosed as closed:
             raise ApiError(403, "GK_SIGNUPS_CLOSED", f"Sign-ups are paused: {closed}") from None
+        except SignUpRefused:
+            raise ApiError(403, "GK_SIGNUP_REFUSED", "This sign-up was not accepted.") from None
         if created.request is not None:
             view = full_view(created.request, "")
         else:
@@ -166,7 +168,11 @@ class SeedApi:
             raise ApiError(422, "GK_INVALID_FIELD", "email must be a string", "email")
         username = text_field(body, "username")
         try:
-            named, password = await self.seeds.name_and_create(found, username, email)
+            named, password = await self.seeds.name_and_create(
+                found, username, email, request.remote or ""
+            )
+        except SignUpRefused:
+            raise ApiError(403, "GK_SIGNUP_REFUSED", "This sign-up was not accepted.") from None
         except WrongState as wrong:
             raise ApiError(
                 409,
