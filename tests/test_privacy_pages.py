@@ -102,3 +102,47 @@ async def test_an_account_holder_downloads_their_data_after_entering_the_passwor
         status, body = await client.get(path)
         assert status == 200
         assert body == {**data, "web_sessions": body["web_sessions"]}
+
+
+async def test_an_account_holder_deletes_their_account_by_a_mail_link(
+    start_gatekeeper: StartGatekeeper, page: Any, smtp: MailCatcher
+) -> None:
+    gatekeeper = await start_gatekeeper(registration={"require_email_confirmation": False})
+    dee = await active_account(gatekeeper, "dee")
+    request_id = await request_id_of(gatekeeper, dee)
+
+    await page.goto(f"{web_url(gatekeeper)}/login")
+    await page.fill("#email", dee.email)
+    await page.fill("#password", dee.password)
+    await page.click("button[type=submit]")
+    assert await page.locator("form[action='/settings/delete-account']").count() == 0
+    await page.fill("#password", dee.password)
+    await page.click("form[action='/settings/sudo'] button")
+    await page.click("form[action='/settings/delete-account'] button")
+    assert await page.text_content(".notice") == (
+        f"We sent a link to {dee.email}. Open it within an hour to delete your account."
+    )
+    mail = await smtp.wait_for(dee.email, "delete the Matrix account")
+    assert "within 1 hour" in mail.get_content()
+    _, body = await api(gatekeeper, "GET", f"/api/admin/registrations/{request_id}", admin=True)
+    assert body["state"] == "active"  # asking alone deletes nothing
+
+    # German, as the settings were shown in English: the page follows ?lang.
+    await page.goto(link(mail, "delete-account") + "&lang=de")
+    await page.click("main button[type=submit]")
+    assert "Ihr Konto ist gelöscht" in (await page.text_content("main") or "")
+    _, body = await api(gatekeeper, "GET", f"/api/admin/registrations/{request_id}", admin=True)
+    assert body["state"] == "deactivated"
+    status, whois = await api(gatekeeper, "GET", f"/api/admin/users/{dee.user_id}", admin=True)
+    assert status == 200
+    assert whois["lastAction"]["actor"] == "account holder"
+    assert whois["lastAction"]["erase"] is True
+    dump = await database_text(gatekeeper.db)
+    assert dee.email not in dump
+
+    # The link works once.
+    await page.goto(link(mail, "delete-account") + "&lang=en")
+    await page.click("main button[type=submit]")
+    assert await page.text_content("main p") == (
+        "This link is not valid (any more). Log in and ask again."
+    )

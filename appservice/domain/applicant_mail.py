@@ -11,6 +11,7 @@ from gatekeeper.appservice.runtime.mailer import Mailer
 from gatekeeper.appservice.storage.database import acquire, transaction
 from gatekeeper.appservice.storage.mail_tokens import (
     CONFIRM_PURPOSE,
+    DELETE_ACCOUNT_PURPOSE,
     EMAIL_CHANGE_PURPOSE,
     RESET_PURPOSE,
     STATUS_PURPOSE,
@@ -102,6 +103,11 @@ class ApplicantMail:
     async def password_reset(self, request: RegistrationRequest) -> None:
         await self._with_link(
             request, "password_reset", RESET_PURPOSE, "reset-password", "reset_link"
+        )
+
+    async def account_deletion(self, request: RegistrationRequest) -> None:
+        await self._with_link(
+            request, "delete_account", DELETE_ACCOUNT_PURPOSE, "delete-account", "delete_link"
         )
 
     async def email_in_use(self, holder: RegistrationRequest, attempted_user_id: str) -> None:

@@ -15,6 +15,7 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUnknownTo
 from mautrix.util.async_db import Database
 
 from gatekeeper.appservice.config import Config
+from gatekeeper.appservice.domain.account_deletion import AccountDeletion
 from gatekeeper.appservice.domain.accounts import Accounts
 from gatekeeper.appservice.domain.antibot import AntiBot
 from gatekeeper.appservice.domain.applicant_mail import ApplicantMail
@@ -265,6 +266,7 @@ class Gatekeeper:
             sessions,
             cookies,
             csrf,
+            AccountDeletion(core.store, core.tokens, core.mail, core.moderation),
         )
         return create_web_app(
             WebApi(

@@ -1,5 +1,6 @@
 """Tokens sent by mail (the `email_token` table): links to confirm an email, see a request's
-status, reset a password or change the email. Only a hash of each token is stored."""
+status, reset a password, change the email or delete the account. Only a hash of each token
+is stored."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CONFIRM_PURPOSE = "confirm-email"
 STATUS_PURPOSE = "status"
 RESET_PURPOSE = "reset-password"
 EMAIL_CHANGE_PURPOSE = "email-change"
+DELETE_ACCOUNT_PURPOSE = "delete-account"
 
 
 def hash_token(token: str) -> str:

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gatekeeper.appservice.config import AntibotConfig, Config
+from gatekeeper.appservice.domain.account_deletion import AccountDeletion
 from gatekeeper.appservice.domain.accounts import Accounts, LoginStatus, MatrixOutcome
 from gatekeeper.appservice.domain.captcha import PROVIDERS
 from gatekeeper.appservice.domain.errors import (
@@ -103,7 +104,9 @@ class Pages:
         sessions: Sessions,
         cookies: Cookies,
         csrf: Csrf,
+        deletion: AccountDeletion,
     ) -> None:
+        self.deletion = deletion
         self.config = config
         self.catalogue = catalogue
         self.registrations = registrations
@@ -768,6 +771,28 @@ class Pages:
         session, account = await self._account(request)
         self._needs_sudo(request, session)
         return personal_data_file(await personal_data(self.store.db, account))
+
+    async def ask_to_delete_account(self, request: web.Request) -> web.Response:
+        session, account = await self._account(request)
+        self._needs_sudo(request, session)
+        await self.deletion.ask(account)
+        return await self.settings(
+            request, message_key="page.settings.delete_sent", email=account.email
+        )
+
+    async def delete_account_form(self, request: web.Request) -> web.Response:
+        return self._token_form(request, "delete_account", "/delete-account")
+
+    async def delete_account(self, request: web.Request) -> web.Response:
+        """No login needed: the mail's link is the proof, as for a password reset."""
+        deleted = await self.deletion.confirm(str((await request.post()).get("token", "")))
+        key = "page.delete_account.done" if deleted else "page.delete_account.invalid"
+        return self.message(
+            request,
+            "page.delete_account.title",
+            self.catalogue.text(self.language(request), key),
+            status=200 if deleted else 400,
+        )
 
     async def email_change_form(self, request: web.Request) -> web.Response:
         await self._account(request)
