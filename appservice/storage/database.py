@@ -165,11 +165,30 @@ async def stop_database(db: Database) -> None:
             db.pool.terminate()
 
 
+@asynccontextmanager
+async def _sqlite_foreign_keys_off(db: Database, conn: LoggingConnection) -> AsyncIterator[None]:
+    """SQLite's way to rebuild a table that others reference (migration 011): foreign keys
+    off around the transaction (inside one the pragma does nothing), checked before commit
+    by upgrade()."""
+    if db.scheme != Scheme.SQLITE:
+        yield
+        return
+    await conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        await conn.execute("PRAGMA foreign_keys = ON")
+
+
 async def upgrade(db: Database, package: str = "gatekeeper.migrations") -> list[int]:
     """Apply pending migrations in one transaction; return the versions applied."""
     migrations = load_migrations(dialect(db), package)
     latest = migrations[-1].version if migrations else 0
-    async with transaction(db) as conn:
+    async with (
+        acquire(db) as conn,
+        _sqlite_foreign_keys_off(db, conn),
+        conn.transaction(),  # type: ignore[attr-defined]
+    ):
         if db.scheme != Scheme.SQLITE:
             # Two processes starting at once must not both apply the same migration.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
@@ -199,6 +218,8 @@ async def upgrade(db: Database, package: str = "gatekeeper.migrations") -> list[
                 applied_at,
             )
             applied.append(migration.version)
+        if db.scheme == Scheme.SQLITE and await conn.fetch("PRAGMA foreign_key_check"):
+            raise DatabaseError("a migration left rows whose foreign key points nowhere")
     return applied
 
 
