@@ -16,7 +16,8 @@ from bench.admin_room import admin_room
 from bench.approve import approve
 from bench.context import FULL, QUICK, Bench
 from bench.hashing import login, signup
-from bench.reads import status_page, user_info
+from bench.pages import pages
+from bench.reads import user_info
 from bench.report import Figure, machine, table, write_results
 from bench.stack import running_stack
 
@@ -27,7 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
     "signup": signup,
     "login": login,
     "userinfo": user_info,
-    "status": status_page,
+    "pages": pages,
     "approve": approve,
     "admin-room": admin_room,
 }

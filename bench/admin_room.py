@@ -13,7 +13,7 @@ from bench.context import Bench
 from bench.hashing import sign_up_calls
 from bench.load import Load, run_load
 from bench.report import Figure
-from bench.seed import pending_requests
+from bench.seed import seeded_requests
 from bench.stack import Stack
 from gatekeeper.appservice.timeutil import now_ms
 
@@ -72,7 +72,7 @@ async def _notices_in_room(stack: Stack, prefix: str) -> set[str]:
 
 async def admin_room(bench: Bench) -> list[Figure]:
     stack, sizes = bench.stack, bench.sizes
-    await pending_requests(stack.db, "pd", sizes.pending, "not a hash")
+    await seeded_requests(stack.db, "pd", sizes.pending, "not a hash")
     help_ms = await _answer_ms(stack, "!help", sizes.command_repeats)
     pending_ms = await _answer_ms(stack, "!pending", sizes.command_repeats)
     search_ms = await _answer_ms(stack, "!search pd-12", sizes.command_repeats)

@@ -7,7 +7,7 @@ import secrets
 from bench.context import PASSWORD, Bench, log_in
 from bench.load import Call, Load, LoadResult, run_load
 from bench.report import Figure
-from bench.seed import pending_requests
+from bench.seed import seeded_requests
 from gatekeeper.appservice.domain.passwords import PasswordHasher
 
 HASHING_CLIENTS = 8
@@ -55,7 +55,7 @@ async def signup(bench: Bench) -> list[Figure]:
 
 async def login(bench: Bench) -> list[Figure]:
     ceiling = await bench.argon2_ceiling()
-    accounts = await pending_requests(
+    accounts = await seeded_requests(
         bench.stack.db, "lg", bench.sizes.logins, PasswordHasher.argon2_hasher().hash(PASSWORD)
     )
     # Every answer is 200, a refused login too: one checked login proves the accounts work.
