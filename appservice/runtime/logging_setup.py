@@ -61,5 +61,5 @@ def configure_logging(config: LoggingConfig, secrets: Iterable[str]) -> None:
     root.addHandler(handler)
     root.setLevel(config.level)
     # Chatty at DEBUG about things that are not ours: every SQLite call, every access.
-    for noisy in ("aiohttp.access", "aiosqlite", "asyncio"):
+    for noisy in ("aiohttp.access", "gatekeeper.database.sqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -17,6 +17,7 @@ from mautrix.util.async_db.connection import LoggingConnection
 from yarl import URL
 
 from gatekeeper.appservice.config import DatabaseConfig
+from gatekeeper.appservice.storage.sqlite import SQLiteDatabase
 from gatekeeper.appservice.timeutil import now_ms
 
 log = logging.getLogger("gatekeeper.database")
@@ -141,7 +142,7 @@ class ReconnectingPostgresDatabase(PostgresDatabase):
 def create_database(config: DatabaseConfig) -> Database:
     log = logging.getLogger("gatekeeper.database.sql")
     if config.url.startswith("sqlite:"):
-        return Database.create(config.url, db_args={"min_size": 1}, log=log)
+        return SQLiteDatabase(URL(config.url), log)
     # Keep the process alive when PostgreSQL restarts: the pool reconnects.
     db_args: dict[str, object] = {
         "min_size": 1,
