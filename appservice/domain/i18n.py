@@ -104,11 +104,63 @@ def _shipped() -> Mapping[str, Mapping[str, str]]:
     return MappingProxyType(catalogues)
 
 
+@functools.cache
+def _merged() -> Mapping[str, Mapping[str, str]]:
+    """Each shipped language's texts, with those of its fallbacks for the keys it lacks."""
+    shipped = _shipped()
+    return MappingProxyType(
+        {
+            language: MappingProxyType(
+                {
+                    key: template
+                    for candidate in reversed(_candidates(language))
+                    for key, template in shipped.get(candidate, {}).items()
+                }
+            )
+            for language in shipped
+        }
+    )
+
+
+@functools.cache
+def _plain() -> Mapping[str, Mapping[str, str]]:
+    """Per language, the texts that fill nothing in, formatted once: a page asks for dozens
+    of them per request."""
+    return MappingProxyType(
+        {
+            language: MappingProxyType(
+                {
+                    key: _FORMATTER.vformat(template, (), {})
+                    for key, template in texts.items()
+                    if not placeholders(template)
+                }
+            )
+            for language, texts in _merged().items()
+        }
+    )
+
+
+def _candidates(language: str) -> list[str]:
+    # "de-AT" and "de_AT" use the German catalogue when there is no Austrian one.
+    tag = language.strip().lower().replace("_", "-")
+    return [tag, tag.split("-", 1)[0], FALLBACK]
+
+
+# Bounded: the tags come from requests and accounts.
+@functools.lru_cache(maxsize=256)
+def _shipped_language(language: str) -> str:
+    """The shipped catalogue that speaks for `language`."""
+    shipped = _shipped()
+    return next(candidate for candidate in _candidates(language) if candidate in shipped)
+
+
 class Catalogue:
     """The shipped texts, looked up by language and key."""
 
     def __init__(self) -> None:
         self._catalogues = _shipped()
+        self._merged = _merged()
+        self._plain = _plain()
 
     @property
     def languages(self) -> list[str]:
@@ -119,13 +171,12 @@ class Catalogue:
 
     def template(self, language: str, key: str) -> str:
         """The raw text for `key`, falling back to English; KeyError if English lacks it too."""
-        for candidate in self._candidates(language):
-            template = self._catalogues.get(candidate, {}).get(key)
-            if template is not None:
-                return template
-        raise KeyError(key)
+        return self._merged[_shipped_language(language)][key]
 
     def text(self, language: str, key: str, **params: str | int) -> str:
+        plain = self._plain[_shipped_language(language)].get(key)
+        if plain is not None:  # nothing to fill in: `params` change nothing
+            return plain
         return _FORMATTER.vformat(self.template(language, key), (), params)
 
     def field_error(self, language: str, field: str, message: str) -> str:
@@ -136,9 +187,3 @@ class Catalogue:
             if key in self._catalogues[FALLBACK]:
                 return self.text(language, key)
         return self.text(language, "error.other", problem=message)
-
-    @staticmethod
-    def _candidates(language: str) -> list[str]:
-        # "de-AT" and "de_AT" use the German catalogue when there is no Austrian one.
-        tag = language.strip().lower().replace("_", "-")
-        return [tag, tag.split("-", 1)[0], FALLBACK]

@@ -125,6 +125,8 @@ class Pages:
             loader=jinja2.PackageLoader("gatekeeper.appservice.web", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
+            # The templates ship with the package: no stat() per render to see if they changed.
+            auto_reload=False,
         )
 
     # --- rendering ---------------------------------------------------------------------

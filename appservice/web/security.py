@@ -10,7 +10,6 @@ the token is HMAC-signed and bound to the session (or to "anonymous" before logi
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import re
 import secrets
@@ -113,7 +112,7 @@ class Csrf:
         return session.csrf_secret if session else ANONYMOUS
 
     def _sign(self, nonce: str, binding: str) -> str:
-        return hmac.new(self.key, f"{nonce}|{binding}".encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self.key, f"{nonce}|{binding}".encode(), "sha256").hex()
 
     def new_token(self, session: Session | None) -> str:
         nonce = secrets.token_urlsafe(16)
