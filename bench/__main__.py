@@ -18,6 +18,7 @@ from bench.context import FULL, QUICK, Bench
 from bench.hashing import login, signup
 from bench.pages import pages
 from bench.reads import user_info
+from bench.refusals import refusals
 from bench.report import Figure, machine, table, write_results
 from bench.stack import running_stack
 
@@ -29,6 +30,7 @@ SCENARIOS: dict[str, Scenario] = {
     "login": login,
     "userinfo": user_info,
     "pages": pages,
+    "refusals": refusals,
     "approve": approve,
     "admin-room": admin_room,
 }

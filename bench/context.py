@@ -4,22 +4,37 @@ several scenarios compare with."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 
 import aiohttp
 
-from bench.load import Call, Load, LoadResult, run_load
+from bench.load import (
+    CSRF_HEADER,
+    FORWARDED_FOR,
+    Call,
+    Load,
+    LoadResult,
+    new_client_address,
+    run_load,
+)
 from bench.report import Figure
 from bench.stack import Stack
+from gatekeeper.appservice.config import load_config
 from gatekeeper.appservice.domain.passwords import PasswordHasher
+from gatekeeper.appservice.homeserver.backends import account_backend
 from harness.net import free_port
 
 RSS_TARGET_MB = 120.0
+CEILING_SECONDS = 4.0
 READ_CLIENTS = 16
 PASSWORD = "a benchmark passphrase 42"  # noqa: S105 (throwaway accounts)
 
@@ -68,6 +83,59 @@ def _hashes_in(seconds: float) -> int:
     return count
 
 
+class _NoSecrets:
+    """The account backend's secret store, which a name check never opens."""
+
+    async def get(self, key: str) -> str | None:
+        return None
+
+    async def set(self, key: str, value: str) -> None:
+        pass
+
+
+async def _sign_up_work_in(config_path: Path, seconds: float) -> int:
+    """What a sign-up must do besides the database: one argon2id hash and Gatekeeper's own
+    check that the name is free on the homeserver (its account backend, so the same calls).
+    One hash at a time on this process's core; two workers, so that the core hashes on
+    while the other's check waits for the homeserver."""
+    backend = account_backend(load_config(config_path), _NoSecrets())
+    await backend.start()
+    hasher = PasswordHasher.argon2_hasher()
+    loop = asyncio.get_running_loop()
+    names = (f"ceiling-{os.getpid()}-{n}" for n in itertools.count())
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker(hashing: ThreadPoolExecutor) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await loop.run_in_executor(hashing, hasher.hash, PASSWORD)
+            await backend.username_available(next(names))
+            done += 1
+
+    try:
+        with ThreadPoolExecutor(1) as hashing:
+            await asyncio.gather(worker(hashing), worker(hashing))
+    finally:
+        await backend.close()
+    return done
+
+
+def _sign_up_work(config_path: Path, seconds: float) -> int:
+    return asyncio.run(_sign_up_work_in(config_path, seconds))
+
+
+async def _per_second_on_all_cores(work: Callable[..., int], *args: object) -> float:
+    """`work(*args, seconds)` in one process per core at once: what they did per second."""
+    seconds = CEILING_SECONDS
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+        loop = asyncio.get_running_loop()
+        job = functools.partial(work, *args, seconds)
+        counts = await asyncio.gather(*(loop.run_in_executor(pool, job) for _ in range(cores)))
+    return sum(counts) / seconds
+
+
 @dataclass(frozen=True)
 class ReadFigures:
     """Requests/s with N clients back to back, and latency at a fixed offered rate."""
@@ -88,14 +156,12 @@ class Bench:
         """Hashes per second of the configured parameters on every core, in this process.
         Measured anew right before each scenario that compares with it, so that both see
         the machine in the same state."""
-        seconds = max(2.0, self.sizes.read_seconds / 2)
-        cores = os.cpu_count() or 1
-        with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
-            loop = asyncio.get_running_loop()
-            counts = await asyncio.gather(
-                *(loop.run_in_executor(pool, _hashes_in, seconds) for _ in range(cores))
-            )
-        return sum(counts) / seconds
+        return await _per_second_on_all_cores(_hashes_in)
+
+    async def sign_up_ceiling(self) -> float:
+        """Sign-ups per second if a sign-up were only its hash and its homeserver name
+        check, on every core (see _sign_up_work_in); measured as argon2_ceiling is."""
+        return await _per_second_on_all_cores(_sign_up_work, self.stack.config_path)
 
     async def read_figures(self, base_url: str, calls: tuple[Call, ...]) -> ReadFigures:
         sizes = self.sizes
@@ -160,7 +226,7 @@ async def log_in(base_url: str, email: str) -> str:
         async with session.post(
             base_url + "/api/auth/login",
             json={"email": email, "password": PASSWORD},
-            headers={"X-CSRF-Token": csrf},
+            headers={CSRF_HEADER: csrf, FORWARDED_FOR: new_client_address()},
         ) as response:
             answer = await response.json()
             if answer != {"status": "logged-in"}:

@@ -5,6 +5,8 @@ what it measures."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import statistics
 import time
 from collections import Counter
@@ -19,16 +21,26 @@ import aiohttp
 
 CSRF_COOKIE = "CSRF-Token"
 CSRF_HEADER = "X-CSRF-Token"
+FORWARDED_FOR = "X-Forwarded-For"
+_CLIENTS = itertools.count(1)
+
+
+def new_client_address() -> str:
+    """An address (in 10.0.0.0/8) no other call of this run has used: the bench's load is
+    many people, each within the per-address limits, as a real crowd would be."""
+    return str(ipaddress.IPv4Address("10.0.0.0") + next(_CLIENTS))
 
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request; POSTs carry a CSRF token fetched once per load run."""
+    """One HTTP request; POSTs carry a CSRF token fetched once per load run. With `client`,
+    the request says it comes from that address through the trusted proxy."""
 
     method: str
     path: str
     body: dict[str, Any] | None = None
     cookies: dict[str, str] = field(default_factory=dict)
+    client: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ async def _drive(load: Load) -> LoadResult:
                 cookies[CSRF_COOKIE] = csrf
                 headers[CSRF_HEADER] = csrf
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+            if call.client is not None:
+                headers[FORWARDED_FOR] = call.client
             try:
                 async with session.request(
                     call.method, load.base_url + call.path, json=call.body, headers=headers

@@ -33,6 +33,8 @@ class Figure:
 
 
 def _number(value: float, unit: str) -> str:
+    if isinstance(value, int):  # a count
+        return f"{value:,} {unit}".rstrip()
     return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 
 

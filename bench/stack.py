@@ -23,7 +23,8 @@ from mautrix.types import RoomID
 from mautrix.util.async_db import Database, Scheme
 from ruamel.yaml import YAML
 
-from gatekeeper.appservice.config import DatabaseConfig
+from bench.instrumented import Counts
+from gatekeeper.appservice.config import Config, DatabaseConfig, load_config
 from gatekeeper.appservice.storage.database import create_database
 from harness.matrix_user import MatrixUser
 from harness.net import free_port
@@ -37,8 +38,10 @@ ADMIN_API_TOKEN = "bench-admin-api-token"  # noqa: S105
 POSTGRES_SERVER = os.environ.get(
     "GATEKEEPER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"
 )
-# Generous enough that the load measures the paths, not the limits that guard them.
-UNLIMITED = 1_000_000_000
+# The bench's load comes from loopback, as if through a reverse proxy that names each
+# client in X-Forwarded-For: the per-address limits hold as configured (see load.py).
+PROXY = "127.0.0.1"
+DATABASE_LOCKED = "database is locked"
 
 
 class MailSink:
@@ -63,10 +66,31 @@ class Stack:
     admin: MatrixUser
     room_id: RoomID
     mail: MailSink
+    counts_file: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "gatekeeper.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "gatekeeper.yaml"
+
+    def config(self) -> Config:
+        """Gatekeeper's configuration, as it read it."""
+        return load_config(self.config_path)
 
     @property
     def bot(self) -> str:
         return f"@gatekeeper:{SERVER_NAME}"
+
+    def counts(self) -> Counts:
+        """The argon2 hashes Gatekeeper computed and the HTTP requests it sent so far."""
+        return Counts.read(self.counts_file)
+
+    def database_locked_errors(self) -> int:
+        """How often Gatekeeper's log says SQLite refused it with "database is locked"."""
+        return self.log_path.read_text(errors="replace").count(DATABASE_LOCKED)
 
     def reset_peak_rss(self) -> None:
         # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) of the process.
@@ -148,13 +172,7 @@ def _gatekeeper_config(
     # requests, and clicking 10,000 mail links would measure the bench, not Gatekeeper.
     data["registration"]["require_email_confirmation"] = False
     data["registration"]["retry_initial_seconds"] = 0.5
-    data["security"].update(
-        {
-            "login_attempts_per_minute": UNLIMITED,
-            "signups_per_hour": UNLIMITED,
-            "lockout_failures": UNLIMITED,
-        }
-    )
+    data["web"]["trusted_proxies"] = [PROXY]
     data["logging"]["level"] = "WARNING"
     with path.open("w") as file:
         yaml.dump(data, file)
@@ -226,12 +244,13 @@ async def running_stack(
         mail.controller.start()
         await synapse.start()
         log_path = directory / "gatekeeper.log"
+        counts_file = directory / "counts"
         with log_path.open("ab") as log_file:
             profiler = ("-m", "pyinstrument", "-r", "text", "-o", str(profile_to))
             gatekeeper = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *(profiler if profile_to else ()),
-                *("-m", "gatekeeper", "-c", str(config)),
+                *("-m", "bench.instrumented", str(counts_file), "-c", str(config)),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
             )
@@ -246,7 +265,9 @@ async def running_stack(
             room_id = await _join_admin_room(admin)
             await db.start()
             db_started = True
-            yield Stack(directory, synapse, gatekeeper, web_url, db, admin, room_id, mail)
+            yield Stack(
+                directory, synapse, gatekeeper, web_url, db, admin, room_id, mail, counts_file
+            )
         finally:
             if admin is not None:
                 await admin.close()
