@@ -23,6 +23,7 @@ from bench.report import Figure, machine, table, write_results
 from bench.stack import running_stack
 
 Scenario = Callable[[Bench], Awaitable[list[Figure]]]
+DATABASE_LOCKED = "database is locked"
 
 # In this order: the admin room's 10,000 requests come last so they weigh on nothing else.
 SCENARIOS: dict[str, Scenario] = {
@@ -34,6 +35,22 @@ SCENARIOS: dict[str, Scenario] = {
     "approve": approve,
     "admin-room": admin_room,
 }
+
+
+def _database_locked(log: list[str]) -> Figure:
+    """SQLite's "database is locked" (a writer that waited too long) anywhere in
+    Gatekeeper's log over the whole run: a request or a job failed on it."""
+    locked = sum(DATABASE_LOCKED in line for line in log)
+    return Figure(
+        "whole run",
+        f'"{DATABASE_LOCKED}" in Gatekeeper\'s log',
+        locked,
+        "",
+        "log lines",
+        len(log),
+        "= 0",
+        locked == 0,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +98,7 @@ async def run(
                 cpu[name] = {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}
                 used = ", ".join(f"{k} {v:.1f} s" for k, v in cpu[name].items())
                 print(f"  CPU time in {wall:.1f} s: {used}", flush=True)
+            bench.figures.append(_database_locked(stack.log_lines()))
             return bench.figures, cpu
 
 
