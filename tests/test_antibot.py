@@ -33,9 +33,15 @@ def antibot(db: Database, pow_on: bool = True, honeypot: bool = False) -> AntiBo
     return AntiBot(config, KEY, db)
 
 
+async def check(checks: AntiBot, body: dict[str, Any]) -> None:
+    """Both checks, in the sign-up's order."""
+    checks.check_honeypot(body)
+    await checks.check_proof_of_work(body)
+
+
 async def passes(checks: AntiBot, body: dict[str, Any]) -> bool:
     try:
-        await checks.check(body)
+        await check(checks, body)
     except SignUpRefused:
         return False
     return True
@@ -82,17 +88,17 @@ async def test_pow_says_whether_the_solution_is_missing_or_wrong(db: Database) -
     checks = antibot(db, honeypot=True)
     for missing in ({}, {"altcha": ""}):
         with pytest.raises(ProofOfWorkFailed) as caught:
-            await checks.check(missing)
+            await check(checks, missing)
         assert str(caught.value) == POW_MISSING
     payload = solve(checks.challenge())
-    await checks.check({"altcha": payload})
+    await check(checks, {"altcha": payload})
     for wrong in (payload, "garbage"):  # used up, or not a solution at all
         with pytest.raises(ProofOfWorkFailed) as caught:
-            await checks.check({"altcha": wrong})
+            await check(checks, {"altcha": wrong})
         assert str(caught.value) == POW_INVALID
     # The honeypot stays a silent, neutral refusal: a bot must not learn what it tripped.
     with pytest.raises(SignUpRefused) as refused:
-        await checks.check({"website": "http://spam", "altcha": solve(checks.challenge())})
+        await check(checks, {"website": "http://spam", "altcha": solve(checks.challenge())})
     assert not isinstance(refused.value, ProofOfWorkFailed)
 
 

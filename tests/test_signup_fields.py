@@ -28,7 +28,7 @@ LONGEST = 255 - len(f"@:{DOMAIN}")
 
 
 class Names:
-    """What check() asks about a name: our own requests, then Synapse."""
+    """What check_name() asks about a name: our own requests, then Synapse."""
 
     def __init__(self, requested: bool, availability: Availability) -> None:
         self.requested = requested
@@ -44,7 +44,7 @@ class Names:
 
 
 def sign_ups(names: Names | None = None, **registration: Any) -> SignUps:
-    """parse() and check() use the config and, for the latter, the two look-ups
+    """parse() and check_name() use the config and, for the latter, the two look-ups
     of `names`; none of the other peers a SignUps holds is touched."""
     unused = cast(Any, None)
     return SignUps(
@@ -60,6 +60,11 @@ def sign_ups(names: Names | None = None, **registration: Any) -> SignUps:
         unused,
         unused,
     )
+
+
+async def check(signups: SignUps, body: dict[str, Any]) -> SignUpForm:
+    """The sign-up's field checks: parse(), then whether the name is free."""
+    return await signups.check_name(*signups.parse(body))
 
 
 def errors_of(body: dict[str, Any], **registration: Any) -> dict[str, str]:
@@ -203,7 +208,7 @@ async def test_a_name_that_is_not_free(
 ) -> None:
     names = Names(requested, availability)
     with pytest.raises(FieldErrors) as raised:
-        await sign_ups(names).check(GOOD)
+        await check(sign_ups(names), GOOD)
     assert raised.value.errors == {"userName": message}
     # A name one of our requests holds is taken without asking Synapse.
     assert names.asked == ([] if requested else ["ann"])
@@ -211,14 +216,14 @@ async def test_a_name_that_is_not_free(
 
 async def test_a_free_name_passes() -> None:
     names = Names(False, Availability.AVAILABLE)
-    assert (await sign_ups(names).check(GOOD)).localpart == "ann"
+    assert (await check(sign_ups(names), GOOD)).localpart == "ann"
     assert names.asked == ["ann"]
 
 
 async def test_a_taken_name_is_told_with_the_other_fields() -> None:
     names = Names(False, Availability.TAKEN)
     with pytest.raises(FieldErrors) as raised:
-        await sign_ups(names).check({**GOOD, "password": "short", "email": "ann@"})
+        await check(sign_ups(names), {**GOOD, "password": "short", "email": "ann@"})
     assert raised.value.errors == {
         "userName": "is already taken",
         "password": "must be at least 8 characters",
@@ -230,7 +235,7 @@ async def test_a_taken_name_is_told_with_the_other_fields() -> None:
 async def test_the_homeserver_is_not_asked_about_a_bad_name(name: str) -> None:
     names = Names(False, Availability.TAKEN)
     with pytest.raises(FieldErrors) as raised:
-        await sign_ups(names).check({**GOOD, "userName": name, "password": "short"})
+        await check(sign_ups(names), {**GOOD, "userName": name, "password": "short"})
     assert set(raised.value.errors) == {"userName", "password"}
     assert raised.value.errors["userName"] != "is already taken"
     assert names.asked == []
@@ -252,7 +257,7 @@ async def test_every_problem_a_page_can_show_is_a_sentence(language: str) -> Non
         problems |= set(errors_of({**GOOD, **change}).items())
     for availability in (Availability.TAKEN, Availability.RESERVED, Availability.INVALID):
         with pytest.raises(FieldErrors) as raised:
-            await sign_ups(Names(False, availability)).check(GOOD)
+            await check(sign_ups(Names(False, availability)), GOOD)
         problems |= set(raised.value.errors.items())
     catalogue = Catalogue()
     for field, message in problems:

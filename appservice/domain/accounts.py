@@ -133,18 +133,22 @@ class Accounts:
         self, identifier: str, password: str
     ) -> tuple[RegistrationRequest | None, int | None]:
         """The request if the password is right and the account not locked; else the
-        lock's end (if locked). The hasher runs whether or not the identifier is known."""
+        lock's end (if locked). The hasher runs whether or not the identifier is known,
+        never for a locked name (known or not: a lock says nothing about existence)."""
         request = await self.store.for_login(identifier, self.domain)
         name = lockout_name(request, identifier)
         locked_until = await self._locked_until(name)
+        if locked_until is not None:
+            # No hash: a flood of guesses at a locked account costs next to nothing, and
+            # the quick answer tells only of the lock, which the two-factor login tells
+            # anyway (timeoutUntil).
+            return None, locked_until
         if request is None or not request.password_hash:
             # Unknown, or no password set yet: the same work, so the time tells nothing.
             await self.hasher.verify_dummy(password)
             right = False
         else:
             right = await self.hasher.verify(request.password_hash, password)
-        if locked_until is not None:
-            return None, locked_until
         if not right or request is None:
             await self.lockout.failure(name)
             return None, None

@@ -62,12 +62,15 @@ class AntiBot:
         )
         return issued.to_dict()
 
-    async def check(self, body: Mapping[str, Any]) -> None:
-        """Raise SignUpRefused unless a sign-up body passes the enabled checks (malformed
-        input fails them): a filled honeypot gets the one neutral refusal, a proof of work
-        that is missing or wrong ProofOfWorkFailed, which says which."""
+    def check_honeypot(self, body: Mapping[str, Any]) -> None:
+        """Raise SignUpRefused (the one neutral refusal) if the honeypot is on and filled in:
+        no database, so it comes before anything that costs."""
         if self.config.honeypot and body.get(HONEYPOT_FIELD) not in (None, ""):
             raise SignUpRefused("the honeypot field was filled in")
+
+    async def check_proof_of_work(self, body: Mapping[str, Any]) -> None:
+        """Raise ProofOfWorkFailed, which says why, if the proof of work is on and the body's
+        solution is missing, wrong, expired or used (it is recorded as used if not)."""
         if not self.config.proof_of_work:
             return
         encoded = body.get(PAYLOAD_FIELD)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import ipaddress
+import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -21,9 +24,24 @@ from gatekeeper.appservice.storage.database import Row
 from gatekeeper.appservice.storage.mail_tokens import hash_token
 from gatekeeper.appservice.timeutil import now_ms
 
+log = logging.getLogger("gatekeeper.gate")
+
 BLOCK_KINDS = ("email-domain", "email", "ip", "username")
 CLOSED_KEY = "signups_closed"
 ID_LENGTH = 6
+
+# How old the gate's state (closed or not, the blocks) may be in a process that did not
+# change it itself. Every process reloads it on its own, at most once per interval, and
+# the requests that come meanwhile share that one load: two small reads, against the
+# database read per sign-up page and sign-up they save. A timed reload rather than
+# LISTEN/NOTIFY: it works alike on SQLite and PostgreSQL, needs no listening connection
+# in every process (only the active one listens), and no notification lost with a
+# dropped connection can leave a process wrong for good. Half a second leaves the other
+# half of the promised second for a busy pool to answer the reload.
+STATE_REFRESH_SECONDS = 0.5
+# Notes about refused sign-ups: the first one at once, then at most one per rule per
+# window, saying how many more were refused (a spam wave is not a message per request).
+REFUSAL_NOTE_SECONDS = 60.0
 
 RoomNote = Callable[[str], Awaitable[None]]
 
@@ -57,25 +75,98 @@ class Block:
     created_at: int
     expires_at: int | None
 
-    def matches(self, localpart: str | None, email: str, address: str) -> bool:
-        """Whether this block refuses the sign-up; a name block, none without a name yet
-        (the /registrations/ API's request until the PATCH names it)."""
+    def matches(self, localpart: str | None, email: str | None, address: str) -> bool:
+        """Whether this block refuses the sign-up. Only what is known can match: a name
+        block none without a name yet (the /registrations/ API's request until the PATCH
+        names it), an email block none without a valid address."""
         value = self.value.lower()
-        if self.kind == "email":
-            return email.lower() == value
-        if self.kind == "email-domain":
-            domain = email.rpartition("@")[2].lower()
-            return domain == value or domain.endswith("." + value)
         if self.kind == "ip":
             try:
                 return ipaddress.ip_address(address) in ipaddress.ip_network(value, strict=False)
             except ValueError:
                 return False
-        if localpart is None:
+        if self.kind == "username":
+            if localpart is None:
+                return False
+            if value.startswith("/") and value.endswith("/") and len(value) > 1:
+                return re.search(self.value[1:-1], localpart) is not None
+            return fnmatch.fnmatchcase(localpart, value)
+        if email is None:
             return False
-        if value.startswith("/") and value.endswith("/") and len(value) > 1:
-            return re.search(self.value[1:-1], localpart) is not None
-        return fnmatch.fnmatchcase(localpart, value)
+        if self.kind == "email":
+            return email.lower() == value
+        domain = email.rpartition("@")[2].lower()
+        return domain == value or domain.endswith("." + value)
+
+    def in_force(self, now: int) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the gate refuses a sign-up (for the admins, never for the applicant); `rule`
+    names what refused it, from the admins' blocks and lists, never from what the
+    applicant sent, so the notes about refusals stay few whatever a spam wave sends."""
+
+    rule: str
+    why: str
+
+
+@dataclass(frozen=True)
+class GateState:
+    """What every sign-up and sign-up page asks: kept in memory, see STATE_REFRESH_SECONDS."""
+
+    closed_reason: str | None
+    blocks: tuple[Block, ...]
+
+
+class RefusalNotes:
+    """Notes into the admin room about refused sign-ups, sent outside the request: the
+    first refusal by a rule at once, then every `window_seconds` one note with how many
+    more that rule refused, until a window passes without any."""
+
+    def __init__(self, room_note: RoomNote, window_seconds: float = REFUSAL_NOTE_SECONDS) -> None:
+        self._room_note = room_note
+        self.window_seconds = window_seconds
+        # Refusals not yet told, per rule whose notes are under way.
+        self._untold: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def refused(self, refusal: Refusal, first_note: str) -> None:
+        if refusal.rule in self._untold:
+            self._untold[refusal.rule] += 1
+            return
+        self._untold[refusal.rule] = 0
+        task = asyncio.create_task(self._notes(refusal, first_note), name="refusal-notes")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notes(self, refusal: Refusal, first_note: str) -> None:
+        await self._send(first_note)
+        while True:
+            await asyncio.sleep(self.window_seconds)
+            untold = self._untold[refusal.rule]
+            if untold == 0:
+                del self._untold[refusal.rule]
+                return
+            self._untold[refusal.rule] = 0
+            sign_ups = "sign-up" if untold == 1 else "sign-ups"
+            await self._send(
+                f"{untold} more {sign_ups} refused since the last note: {refusal.why}."
+            )
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self._room_note(text)
+        except Exception:
+            # A note is no reason to stop noting: the next one may get through.
+            log.exception("Could not write a note about refused sign-ups into the room")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
 
 
 class BlockValueError(ValueError):
@@ -109,9 +200,46 @@ class Gate:
         self.config = config
         self.state = state
         self._room_note = room_note
+        self.refusal_notes = RefusalNotes(room_note)
+        self._known: GateState | None = None
+        self._known_until = 0.0  # time.monotonic()
+        self._loading: asyncio.Task[GateState] | None = None
+        # Counts this process's changes: a load begun before one must not be kept.
+        self._changes = 0
 
     async def tell_room(self, text: str) -> None:
         await self._room_note(text)
+
+    async def stop(self) -> None:
+        """Drop the notes about refusals not yet told (the process is stopping)."""
+        await self.refusal_notes.close()
+
+    # --- what every sign-up asks, from memory ------------------------------------------
+
+    async def _state(self) -> GateState:
+        if self._known is not None and time.monotonic() < self._known_until:
+            return self._known
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load(self._changes), name="gate-state")
+        # Shielded: a caller that goes away (its client hung up) leaves the load to the others.
+        return await asyncio.shield(self._loading)
+
+    async def _load(self, changes: int) -> GateState:
+        started = time.monotonic()
+        try:
+            loaded = GateState(await self.state.get(CLOSED_KEY), tuple(await self.blocks()))
+        finally:
+            if changes == self._changes:
+                self._loading = None
+        if changes == self._changes:
+            self._known, self._known_until = loaded, started + STATE_REFRESH_SECONDS
+        return loaded
+
+    def _changed(self) -> None:
+        """After a change by this process: the next question reloads (it takes effect at
+        once here; the other processes learn it within STATE_REFRESH_SECONDS)."""
+        self._changes += 1
+        self._known = self._loading = None
 
     # --- audit -------------------------------------------------------------------------
 
@@ -139,14 +267,16 @@ class Gate:
     # --- pausing -----------------------------------------------------------------------
 
     async def closed_reason(self) -> str | None:
-        return await self.state.get(CLOSED_KEY)
+        return (await self._state()).closed_reason
 
     async def close(self, actor: str, reason: str) -> None:
         await self.state.set(CLOSED_KEY, reason)
+        self._changed()
         await self.audit(actor, "close", reason)
 
     async def open(self, actor: str) -> None:
         await self.db.execute("DELETE FROM bot_state WHERE key=$1", CLOSED_KEY)
+        self._changed()
         await self.audit(actor, "open")
 
     async def apply_daily_cap(self) -> None:
@@ -178,10 +308,12 @@ class Gate:
             block.created_at,
             block.expires_at,
         )
+        self._changed()
         await self.audit(actor, "block", f"{block.id} {kind} {block.value}")
         return block
 
     async def blocks(self) -> list[Block]:
+        """The blocks in force, from the database (the admins' list is never stale)."""
         rows = await self.db.fetch(
             "SELECT * FROM signup_block WHERE removed_at IS NULL"
             " AND (expires_at IS NULL OR expires_at > $1) ORDER BY created_at",
@@ -195,22 +327,39 @@ class Gate:
             block_id.strip().lower(),
             now_ms(),
         )
+        self._changed()
         if removed is not None:
             await self.audit(actor, "unblock", block_id)
         return removed is not None
 
+    async def refusal(
+        self, localpart: str | None, email: str | None, address: str
+    ) -> Refusal | None:
+        """What refuses this sign-up, from memory, or None. `localpart` and `email` are None
+        while not known (or not valid): only the rules about what is known apply."""
+        if email is not None:
+            domain = email.rpartition("@")[2].lower()
+            allowed = [d.lower() for d in self.config.allowed_email_domains]
+            if allowed and domain not in allowed:
+                return Refusal("allow-list", f"email domain {domain} is not on the allow-list")
+            denied = next(
+                (d for d in self.config.denied_email_domains if d.lower() == domain), None
+            )
+            if denied is not None:
+                return Refusal(f"deny-list {denied}", f"email domain {domain} is on the deny-list")
+        now = now_ms()
+        for block in (await self._state()).blocks:
+            # The state may be up to STATE_REFRESH_SECONDS old: a block ends on time anyway.
+            if block.in_force(now) and block.matches(localpart, email, address):
+                return Refusal(
+                    f"block {block.id}", f"block {block.id} ({block.kind} {block.value})"
+                )
+        return None
+
     async def blocked_by(self, localpart: str | None, email: str, address: str) -> str | None:
         """Why this sign-up is refused (for the admins, never for the applicant), or None."""
-        domain = email.rpartition("@")[2].lower()
-        allowed = [d.lower() for d in self.config.allowed_email_domains]
-        if allowed and domain not in allowed:
-            return f"email domain {domain} is not on the allow-list"
-        if domain in (d.lower() for d in self.config.denied_email_domains):
-            return f"email domain {domain} is on the deny-list"
-        for block in await self.blocks():
-            if block.matches(localpart, email, address):
-                return f"block {block.id} ({block.kind} {block.value})"
-        return None
+        refusal = await self.refusal(localpart, email, address)
+        return None if refusal is None else refusal.why
 
     # --- invites -----------------------------------------------------------------------
 

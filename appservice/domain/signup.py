@@ -188,11 +188,10 @@ class SignUps:
             fnmatch.fnmatchcase(localpart, p) for p in self.config.registration.reserved_usernames
         )
 
-    async def check(self, body: dict[str, Any]) -> SignUpForm:
-        """parse()'s checks and whether the name is free, every field's problem in one
-        FieldErrors (no second round trip for a taken name); the homeserver is asked only
-        about a well-formed name."""
-        form, errors = self.parse(body)
+    async def check_name(self, form: SignUpForm, errors: dict[str, str]) -> SignUpForm:
+        """The form if parse() found no problem and the name is free; else every field's
+        problem in one FieldErrors (no second round trip for a taken name). The homeserver
+        is asked only about a well-formed name."""
         if "userName" not in errors:
             problem = await self._name_problem(form.localpart)
             if problem:
@@ -214,27 +213,29 @@ class SignUps:
         return None
 
     async def sign_up(self, body: dict[str, Any], address: str) -> SignUpAnswer:
-        await self.limiter.hit(address_key("signup", address), self.limit)
-        invite = None
-        if body.get("invite"):
-            invite = await self.gate.valid_invite(str(body["invite"]))
-            if invite is None:
-                raise InviteInvalid
-        else:
+        # Cheapest first, so that no refusal costs a hash or a homeserver call: the honeypot,
+        # the closed gate and the blocks (all in memory), the rate limit (in memory once an
+        # address is over it); then the invite and the proof of work (the database), the
+        # CAPTCHA (its provider), and only for a sign-up no check refused, the name's
+        # availability (the homeserver) and the password's hash.
+        self.antibot.check_honeypot(body)
+        invited = bool(body.get("invite"))
+        if not invited:
             reason = await self.gate.closed_reason()
             if reason is not None:
                 raise SignUpsClosed(reason)
-        await self.antibot.check(body)
+        form, errors = self.parse(body)
+        await self._refuse_blocked(form, errors, address)
+        await self.limiter.hit(address_key("signup", address), self.limit)
+        invite = None
+        if invited:
+            invite = await self.gate.valid_invite(str(body["invite"]))
+            if invite is None:
+                raise InviteInvalid
+        await self.antibot.check_proof_of_work(body)
         if not await self.captcha.verify(body, address):
             raise SignUpRefused("the CAPTCHA check failed")
-        form = await self.check(body)
-        why = await self.gate.blocked_by(form.localpart, form.email, address)
-        if why is not None:
-            if self.config.registration.tell_room_about_blocked:
-                await self.gate.tell_room(
-                    f"Refused a sign-up for {self.user_id(form.localpart)}: {why}."
-                )
-            raise SignUpRefused(why)
+        form = await self.check_name(form, errors)
         new = NewRequest(
             localpart=form.localpart,
             email=form.email,
@@ -280,6 +281,19 @@ class SignUps:
         if invite is None:
             await self.gate.apply_daily_cap()
         return SignUpAnswer(created.state, form.localpart, created.email, status_token)
+
+    async def _refuse_blocked(self, form: SignUpForm, errors: dict[str, str], address: str) -> None:
+        """Raise SignUpRefused if the gate's blocks or email domain lists refuse what of the
+        form is valid. The admin room hears of it later, a wave of refusals in few notes."""
+        localpart = form.localpart if form.localpart and "userName" not in errors else None
+        email = form.email if form.email and "email" not in errors else None
+        refusal = await self.gate.refusal(localpart, email, address)
+        if refusal is None:
+            return
+        if self.config.registration.tell_room_about_blocked:
+            whose = f" for {self.user_id(localpart)}" if localpart else ""
+            self.gate.refusal_notes.refused(refusal, f"Refused a sign-up{whose}: {refusal.why}.")
+        raise SignUpRefused(refusal.why)
 
     async def status_token(self, request_id: str) -> str:
         """A fresh token for the request's status page (the mail's link is elsewhere)."""

@@ -563,6 +563,7 @@ class Gatekeeper:
         await self._stand_down()
         core, self.core = self.core, None
         if core is not None:
+            await core.gate.stop()
             await core.monitoring.close()
             await core.accounts.close()
             # Closing its connection hands the active role to a waiting process.

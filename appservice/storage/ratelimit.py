@@ -1,7 +1,9 @@
 """Rate limits and account lockouts, counted atomically in the database.
 
-Several web workers share the counters, so every hit is one upsert statement; nothing is
-read, changed in Python and written back.
+Several web workers share the counters, so every counted hit is one upsert statement;
+nothing is read, changed in Python and written back. A refusal that stays a refusal until
+a known time (a key over its limit until its window ends, an account locked until its
+lock ends) is remembered in memory, so repeating it costs no database access.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from mautrix.util.async_db import Database
@@ -37,6 +39,12 @@ MAIL_PER_RECIPIENT = Limit(1, 300)
 MAIL_PER_RECIPIENT_PER_DAY = Limit(10, 86400)
 
 
+# Refusals remembered per process: about 200 bytes each, so a few MB at most however many
+# addresses an attacker rotates through (past it, the oldest are forgotten, and cost one
+# database access again when they come back).
+REMEMBERED_REFUSALS = 10_000
+
+
 class RateLimited(Exception):
     """Too many attempts; try again in `retry_after` seconds (at least 1)."""
 
@@ -47,6 +55,33 @@ class RateLimited(Exception):
 
 def _seconds_until(deadline_ms: int, now: int) -> int:
     return max(1, math.ceil((deadline_ms - now) / 1000))
+
+
+class RefusalMemo:
+    """Keys known to be refused until a time (ms), at most `size` of them."""
+
+    def __init__(self, size: int = REMEMBERED_REFUSALS) -> None:
+        self.size = size
+        self._until: dict[Hashable, int] = {}
+
+    def refused_until(self, key: Hashable, now: int) -> int | None:
+        until = self._until.get(key)
+        if until is None:
+            return None
+        if until <= now:
+            del self._until[key]
+            return None
+        return until
+
+    def remember(self, key: Hashable, until: int) -> None:
+        self._until.pop(key, None)
+        if len(self._until) >= self.size:
+            # The oldest entry: the first in the dict's order of insertion.
+            del self._until[next(iter(self._until))]
+        self._until[key] = until
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 def address_key(prefix: str, address: str) -> str:
@@ -91,25 +126,40 @@ class RateLimiter:
     def __init__(self, db: Database, now: Callable[[], int] = now_ms) -> None:
         self.db = db
         self.now = now
+        # Within a window the hits only grow and the window's end stays, in every process:
+        # a key over its limit is refused until that end whatever anyone does meanwhile.
+        self._over = RefusalMemo()
 
     async def hit(self, key: str, limit: Limit) -> None:
-        """Count one hit on `key`; raise RateLimited if it goes over `limit`."""
+        """Count one hit on `key`; raise RateLimited if it goes over `limit` (no database
+        access for a key this process already knows to be over it)."""
         now = self.now()
+        memo_key = (key, limit)
+        over_until = self._over.refused_until(memo_key, now)
+        if over_until is None:
+            over_until = await self._count(key, limit, now)
+            if over_until is None:
+                return
+            self._over.remember(memo_key, over_until)
+        raise RateLimited(_seconds_until(over_until, now))
+
+    async def _count(self, key: str, limit: Limit, now: int) -> int | None:
+        """Count one hit; the end of the window if the hit is over the limit, else None."""
         window_ms = limit.window_ms
         row = await self.db.fetchrow(self._HIT, key, now, now - window_ms)
         assert row is not None  # an upsert returns its row
-        if row["hits"] > limit.hits:
-            raise RateLimited(_seconds_until(row["window_start"] + window_ms, now))
+        return int(row["window_start"]) + window_ms if row["hits"] > limit.hits else None
 
     async def recipient_may_get_mail(self, email: str) -> bool:
         """Count a mail to `email` that a stranger could cause; False: over its limit."""
+        # Counted every time, never remembered: it refuses no request (the answer is the
+        # same either way), so it is no refusal to make cheap.
         key = recipient_key("mail", email)
-        try:
-            await self.hit(key, MAIL_PER_RECIPIENT)
-            await self.hit(f"{key}:day", MAIL_PER_RECIPIENT_PER_DAY)
-        except RateLimited:
-            return False
-        return True
+        now = self.now()
+        return (
+            await self._count(key, MAIL_PER_RECIPIENT, now) is None
+            and await self._count(f"{key}:day", MAIL_PER_RECIPIENT_PER_DAY, now) is None
+        )
 
 
 class Lockout:
@@ -140,6 +190,12 @@ class Lockout:
         self._capped_after = 0
         while self.first_wait_ms << self._capped_after < self.max_wait_ms:
             self._capped_after += 1
+        # A lock in force ends only at its time: success() lifts ended locks alone, more
+        # failures can only lengthen it, and nothing else (no password reset, no admin
+        # command) lifts one. So "locked until T", once read, holds in every process until
+        # T, and a refused login needs no database until then. Never the opposite: another
+        # process's failures may lock an account this one thinks open.
+        self._locked = RefusalMemo()
 
     @staticmethod
     def account_key(name: str) -> str:
@@ -149,18 +205,24 @@ class Lockout:
     async def check(self, name: str) -> None:
         """Raise RateLimited while the account is locked."""
         now = self.now()
-        locked_until = await self.db.fetchval(
-            "SELECT locked_until FROM rate_limit WHERE key = $1", self.account_key(name)
-        )
-        if locked_until is not None and locked_until > now:
-            raise RateLimited(_seconds_until(locked_until, now))
+        key = self.account_key(name)
+        locked_until = self._locked.refused_until(key, now)
+        if locked_until is None:
+            locked_until = await self.db.fetchval(
+                "SELECT locked_until FROM rate_limit WHERE key = $1", key
+            )
+            if locked_until is None or locked_until <= now:
+                return
+            self._locked.remember(key, int(locked_until))
+        raise RateLimited(_seconds_until(locked_until, now))
 
     async def failure(self, name: str) -> None:
         """Count a failed login; the failure that reaches `max_failures` locks the account."""
         now = self.now()
         # A new row has no earlier failures or lockouts; only max_failures == 1 locks at once.
         locks_at_once = self.max_failures <= 1
-        await self.db.execute(
+        key = self.account_key(name)
+        locked_until = await self.db.fetchval(
             """
             INSERT INTO rate_limit (key, window_start, hits, locked_until, lockouts)
             VALUES ($1, $2, $6, $7, $8)
@@ -173,8 +235,9 @@ class Lockout:
                     ELSE $2 + CAST($5 AS BIGINT) * (1 << rate_limit.lockouts) END,
                 lockouts = CASE WHEN rate_limit.hits + 1 >= $3 THEN rate_limit.lockouts + 1
                                 ELSE rate_limit.lockouts END
+            RETURNING locked_until
             """,
-            self.account_key(name),
+            key,
             now,
             self.max_failures,
             self._capped_after,
@@ -184,6 +247,8 @@ class Lockout:
             1 if locks_at_once else 0,
             self.max_wait_ms,
         )
+        if locked_until is not None and locked_until > now:
+            self._locked.remember(key, int(locked_until))
 
     async def success(self, name: str) -> None:
         """Forget the account's failures and lockouts after a successful login."""
