@@ -43,7 +43,7 @@ def _for_the_web() -> bool:
     """Whether the running code serves a web request, or loads the gate's state for them:
     the await chain from a handler is the frame stack (the bot and the appservice
     listener, with their own statements, run meanwhile)."""
-    frame: FrameType | None = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         source = frame.f_code.co_filename
         if "/appservice/web/" in source or source.endswith("/appservice/domain/gate.py"):
@@ -79,10 +79,21 @@ class Watch:
         assert len(self.statements) <= most_gate_state_reads
 
 
-def count_statements(db: Database, statements: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _always() -> bool:
+    return True
+
+
+def count_statements(
+    db: Database,
+    statements: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    counts: Callable[[], bool] = _always,
+) -> None:
+    """Append to `statements` each statement `db` runs (while `counts()` says so)."""
+
     def counted(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(query: str, *args: Any, **kwargs: Any) -> Any:
-            if _for_the_web():
+            if counts():
                 statements.append(query)
             token = _inside_statement.set(True)
             try:
@@ -97,7 +108,7 @@ def count_statements(db: Database, statements: list[str], monkeypatch: pytest.Mo
     acquire = db.acquire
 
     def connection(*args: Any, **kwargs: Any) -> Any:
-        if not _inside_statement.get() and _for_the_web():
+        if not _inside_statement.get() and counts():
             statements.append("<a connection>")
         return acquire(*args, **kwargs)
 
@@ -110,7 +121,7 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Callable[[Gatekeeper], Watch]:
 
     def start(gatekeeper: Gatekeeper) -> Watch:
         seen = Watch()
-        count_statements(gatekeeper.db, seen.statements, monkeypatch)
+        count_statements(gatekeeper.db, seen.statements, monkeypatch, _for_the_web)
         for name in ("hash", "verify", "verify_dummy"):
             original = getattr(PasswordHasher, name)
 

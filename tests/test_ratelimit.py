@@ -12,8 +12,10 @@ from gatekeeper.appservice.storage.ratelimit import (
     Lockout,
     RateLimited,
     RateLimiter,
+    RefusalMemo,
     address_key,
 )
+from tests.test_cheap_refusals import count_statements
 
 
 class Clock:
@@ -157,6 +159,73 @@ async def test_single_failure_lockout(db: Database) -> None:
     clock.advance(10)
     await lockout.failure("alice")
     assert await retry_after(lockout, "alice") == 15
+
+
+async def test_a_key_over_its_limit_is_refused_from_memory_until_its_window_ends(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    limiter = RateLimiter(db, now=clock)
+    limit = Limit(2, 60)
+    statements: list[str] = []
+    count_statements(db, statements, monkeypatch)
+    for _ in range(2):
+        await limiter.hit("signup:addr:203.0.113.9", limit)
+    with pytest.raises(RateLimited):
+        await limiter.hit("signup:addr:203.0.113.9", limit)
+    assert len(statements) == 3
+    clock.advance(30)
+    for _ in range(10):
+        with pytest.raises(RateLimited) as raised:
+            await limiter.hit("signup:addr:203.0.113.9", limit)
+        assert raised.value.retry_after == 30
+    assert len(statements) == 3  # no database for a refusal already known
+    # Other keys, and the same key under another limit, are counted as ever.
+    await limiter.hit("signup:addr:203.0.113.10", limit)
+    await limiter.hit("login:addr:203.0.113.9", limit)
+    assert len(statements) == 5
+    clock.advance(30)
+    await limiter.hit("signup:addr:203.0.113.9", limit)  # a new window, counted again
+    assert len(statements) == 6
+
+
+async def test_a_lock_is_known_without_the_database_until_it_ends(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    lockout = Lockout(db, max_failures=3, first_wait_seconds=60, now=clock)
+    other_process = Lockout(db, max_failures=3, first_wait_seconds=60, now=clock)
+    await lock(other_process, "alice", 3)
+    statements: list[str] = []
+    count_statements(db, statements, monkeypatch)
+    assert await retry_after(lockout, "alice") == 60
+    assert len(statements) == 1  # learnt from the database once
+    clock.advance(20)
+    assert await retry_after(lockout, "alice") == 40
+    # A login elsewhere lifts no lock in force: the remembered one still holds.
+    await other_process.success("alice")
+    assert await retry_after(lockout, "alice") == 40
+    assert len(statements) == 2  # the success's statement alone
+    clock.advance(40)
+    await lockout.check("alice")
+    # The failure that locks tells its own process at once.
+    await lock(lockout, "bob", 3)
+    statements.clear()
+    assert await retry_after(lockout, "bob") == 60
+    assert statements == []
+
+
+def test_remembered_refusals_are_bounded() -> None:
+    memo = RefusalMemo(size=3)
+    for n in range(5):
+        memo.remember(f"login:addr:203.0.113.{n}", 2_000)
+    assert len(memo) == 3
+    # The oldest are forgotten (and cost one database access again when they come back).
+    assert memo.refused_until("login:addr:203.0.113.0", 1_000) is None
+    assert memo.refused_until("login:addr:203.0.113.4", 1_000) == 2_000
+    # An entry whose time is up goes, and refuses nothing.
+    assert memo.refused_until("login:addr:203.0.113.4", 2_000) is None
+    assert len(memo) == 2
 
 
 def test_address_key_groups_ipv6_by_64() -> None:

@@ -74,7 +74,8 @@ class RefusalMemo:
         return until
 
     def remember(self, key: Hashable, until: int) -> None:
-        self._until.pop(key, None)
+        # Refusals only ever last longer: of two answers that raced, the later end holds.
+        until = max(until, self._until.pop(key, until))
         if len(self._until) >= self.size:
             # The oldest entry: the first in the dict's order of insertion.
             del self._until[next(iter(self._until))]
