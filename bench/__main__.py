@@ -20,12 +20,14 @@ from bench.pages import pages
 from bench.reads import user_info
 from bench.refusals import refusals
 from bench.report import Figure, machine, table, write_results
+from bench.scale import scale
 from bench.stack import running_stack
 
 Scenario = Callable[[Bench], Awaitable[list[Figure]]]
 DATABASE_LOCKED = "database is locked"
 
-# In this order: the admin room's 10,000 requests come last so they weigh on nothing else.
+# In this order: the admin room's 10,000 requests and the scale's 100,000 come last, so
+# they weigh on nothing else.
 SCENARIOS: dict[str, Scenario] = {
     "signup": signup,
     "login": login,
@@ -34,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "refusals": refusals,
     "approve": approve,
     "admin-room": admin_room,
+    "scale": scale,
 }
 
 

@@ -49,6 +49,7 @@ class Sizes:
     pending: int
     burst: int
     command_repeats: int
+    scale: tuple[int, int]  # requests in the database at the scale scenario's two points
 
 
 FULL = Sizes(
@@ -60,6 +61,7 @@ FULL = Sizes(
     pending=10_000,
     burst=1000,
     command_repeats=7,
+    scale=(10_000, 100_000),
 )
 QUICK = Sizes(
     signups=80,
@@ -70,6 +72,7 @@ QUICK = Sizes(
     pending=2000,
     burst=200,
     command_repeats=3,
+    scale=(2_000, 20_000),
 )
 
 

@@ -9,6 +9,7 @@ from bench.context import PASSWORD, READ_CLIENTS, Bench, ReadFigures, log_in
 from bench.load import Call
 from bench.report import Figure
 from bench.seed import seeded_requests
+from bench.stack import Stack
 from gatekeeper.appservice.domain.passwords import PasswordHasher
 
 SESSIONS = READ_CLIENTS
@@ -55,10 +56,10 @@ def _figures(scenario: str, measured: ReadFigures, hello: ReadFigures, rate: flo
     ]
 
 
-async def user_info(bench: Bench) -> list[Figure]:
-    stack = bench.stack
+async def user_info_calls(stack: Stack, prefix: str) -> tuple[Call, ...]:
+    """`GET /api/user-info` with the session of each of SESSIONS seeded accounts."""
     accounts = await seeded_requests(
-        stack.db, "ui", SESSIONS, PasswordHasher.argon2_hasher().hash(PASSWORD)
+        stack.db, prefix, SESSIONS, PasswordHasher.argon2_hasher().hash(PASSWORD)
     )
     tokens = [await log_in(stack.web_url, email) for _, email in accounts]
     # An answer without a session is a 200 too: check that the cookie is taken.
@@ -68,7 +69,11 @@ async def user_info(bench: Bench) -> list[Figure]:
     ):
         if "userName" not in await response.json():
             raise RuntimeError("GET /api/user-info did not see the session")
-    calls = tuple(Call("GET", "/api/user-info", cookies={"LOGIN_TOKEN": t}) for t in tokens)
-    measured = await bench.read_figures(stack.web_url, calls)
+    return tuple(Call("GET", "/api/user-info", cookies={"LOGIN_TOKEN": t}) for t in tokens)
+
+
+async def user_info(bench: Bench) -> list[Figure]:
+    calls = await user_info_calls(bench.stack, "ui")
+    measured = await bench.read_figures(bench.stack.web_url, calls)
     hello = await bench.hello_world()
     return _figures("userinfo", measured, hello, bench.sizes.offered_rate)

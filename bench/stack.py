@@ -87,6 +87,13 @@ class Stack:
         """The argon2 hashes Gatekeeper computed and the HTTP requests it sent so far."""
         return Counts.read(self.counts_file)
 
+    async def database_bytes(self) -> int:
+        """The database's size on disk: PostgreSQL's pg_database_size, or SQLite's file
+        with its write-ahead log."""
+        if self.db.scheme == Scheme.SQLITE:
+            return sum(path.stat().st_size for path in self.directory.glob("gatekeeper.db*"))
+        return int(await self.db.fetchval("SELECT pg_database_size(current_database())"))
+
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 
