@@ -140,10 +140,11 @@ class SeedRegistrations:
 
     async def create(self, email: str, address: str) -> Created:
         """A request for `email`, with no name yet; its confirmation mail as a sign-up's."""
-        await self.signups.limiter.hit(address_key("signup", address), self.signups.limit)
+        # As the sign-up: the closed gate (from memory) before the counted hit.
         reason = await self.signups.gate.closed_reason()
         if reason is not None:
             raise SignUpsClosed(reason)
+        await self.signups.limiter.hit(address_key("signup", address), self.signups.limit)
         email = valid_email(email, "email")
         await self._refuse_blocked(None, email, address)
         token = secrets.token_urlsafe(32)
@@ -182,15 +183,15 @@ class SeedRegistrations:
     async def _refuse_blocked(self, localpart: str | None, email: str, address: str) -> None:
         """The gate's blocks and email domain lists, as for a sign-up (a name block only
         once there is a name)."""
-        why = await self.signups.gate.blocked_by(localpart, email, address)
-        if why is None:
+        refusal = await self.signups.gate.refusal(localpart, email, address)
+        if refusal is None:
             return
         if self.config.registration.tell_room_about_blocked:
             name = f"@{localpart}:{self.config.homeserver.domain}" if localpart else "no name yet"
-            await self.signups.gate.tell_room(
-                f"Refused a sign-up through /registrations/ ({name}): {why}."
+            self.signups.gate.refusal_notes.refused(
+                refusal, f"Refused a sign-up through /registrations/ ({name}): {refusal.why}."
             )
-        raise SignUpRefused(why)
+        raise SignUpRefused(refusal.why)
 
     async def find(self, rid: str) -> RegistrationRequest | None:
         """A request made through this API (others have no user token and are not its)."""
