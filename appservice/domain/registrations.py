@@ -41,7 +41,7 @@ from gatekeeper.appservice.timeutil import now_ms
 
 # The unique index of migration 008: one live request or account per email.
 LIVE_EMAIL_INDEX = "registration_request_live_email"
-# What each driver raises when a unique index refuses a row (aiosqlite raises sqlite3's).
+# What each driver raises when a unique index refuses a row.
 UNIQUE_VIOLATIONS = (asyncpg.UniqueViolationError, sqlite3.IntegrityError)
 SQLITE_UNIQUE_CODES = (sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
 
