@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +54,7 @@ from gatekeeper.appservice.web.security import (
     Cookies,
     Csrf,
 )
+from gatekeeper.appservice.web.shells import Shells, marker
 
 log = logging.getLogger("gatekeeper.pages")
 
@@ -121,6 +122,7 @@ class Pages:
             (code, catalogue.text(code, "page.language_name"))
             for code in config.registration.languages
         ]
+        self.server = config.web.homeserver_name or config.homeserver.domain
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("gatekeeper.appservice.web", "templates"),
             autoescape=True,
@@ -128,8 +130,33 @@ class Pages:
             # The templates ship with the package: no stat() per render to see if they changed.
             auto_reload=False,
         )
+        self.shells = Shells(self.env)
 
     # --- rendering ---------------------------------------------------------------------
+
+    def _shared_context(self, lang: str, title_key: str) -> dict[str, Any]:
+        """What every template is given besides its own context, in language `lang`."""
+
+        def t(key: str, **params: str) -> str:
+            return self.catalogue.text(lang, key, **params)
+
+        return {
+            "t": t,
+            "lang": lang,
+            "languages": self.languages,
+            "language_links": [
+                (code, name, marker(f"link{index}"))
+                for index, (code, name) in enumerate(self.languages)
+            ],
+            "title": t(title_key, server=self.server),
+            "server": self.server,
+            "domain": self.config.homeserver.domain,
+            "homeserver_url": self.config.homeserver.client_url,
+            "accent": self.config.web.accent_colour,
+            "logo_url": self.config.web.logo_url,
+            "support_contact": self.config.web.support_contact,
+            "terms_url": self.config.web.terms_url,
+        }
 
     def language(self, request: web.Request, account_language: str | None = None) -> str:
         """?lang=, then the account's setting, then the cookie, then Accept-Language."""
@@ -177,8 +204,13 @@ class Pages:
         *,
         status: int = 200,
         language: str | None = None,
+        fill: Mapping[str, str] | None = None,
         **context: Any,
     ) -> web.Response:
+        """The page of `template` in the person's language (or `language`). `fill`: values
+        of this request that the template only prints (see shells.py), such as a link's
+        token; the rest of `context` may repeat from request to request."""
+        fill = fill or {}
         lang = language or self.language(request)
         session = request.get(SESSION_KEY)
         csrf_token = self.cookies.get(request, CSRF_TOKEN) or ""
@@ -187,27 +219,17 @@ class Pages:
             csrf_token = self.csrf.new_token(session)
         nonce = secrets.token_urlsafe(12)
         request[NONCE_KEY] = nonce
-        server = self.config.web.homeserver_name or self.config.homeserver.domain
-
-        def t(key: str, **params: str) -> str:
-            return self.catalogue.text(lang, key, **params)
-
-        html = self.env.get_template(template).render(
-            t=t,
-            lang=lang,
-            languages=self.languages,
-            language_links=self.language_links(request),
-            title=t(title_key, server=server),
-            server=server,
-            domain=self.config.homeserver.domain,
-            homeserver_url=self.config.homeserver.client_url,
-            accent=self.config.web.accent_colour,
-            logo_url=self.config.web.logo_url,
-            support_contact=self.config.web.support_contact,
-            terms_url=self.config.web.terms_url,
-            style_nonce=nonce,
-            csrf_token=csrf_token,
-            **context,
+        links = self.language_links(request)
+        html = self.shells.render(
+            template,
+            ((lang, title_key), lambda: self._shared_context(lang, title_key)),
+            context,
+            {
+                "style_nonce": nonce,
+                "csrf_token": csrf_token,
+                **{f"link{index}": href for index, (_, _, href) in enumerate(links)},
+                **fill,
+            },
         )
         response = web.Response(text=html, content_type="text/html", status=status)
         # Pages may carry one-time material (a TOTP key); never keep them in caches.
@@ -400,14 +422,13 @@ class Pages:
             # Used, or confirmed by a later mail's link, or withdrawn: say so, no button.
             used = await self.tokens.request_for_token(token, CONFIRM_PURPOSE, used=True)
             return self._confirmed(request, found or used)
+        lang = self.language(request, found.language)
         return self.render(
             request,
             "confirm_email.html",
             "page.confirm.title",
-            language=self.language(request, found.language),
-            token=token,
-            user_id=self.user_id(found, self.language(request, found.language)),
-            email=found.email,
+            language=lang,
+            fill={"token": token, "user_id": self.user_id(found, lang), "email": found.email},
         )
 
     async def confirm(self, request: web.Request) -> web.Response:
@@ -468,10 +489,10 @@ class Pages:
             "status.html",
             "page.status.title",
             language=lang,
+            fill={"token": token, "user_id": "" if erased else self.user_id(found, lang)},
             message=self.catalogue.text(lang, "page.status.erased") if erased else "",
-            token=token,
+            erased=erased,
             state=found.state.value,
-            user_id=None if erased else self.user_id(found, lang),
             can_withdraw=found.state in (State.UNVERIFIED, State.PENDING),
         )
 
