@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from gatekeeper.appservice.config import AntibotConfig, Config
 from gatekeeper.appservice.domain.account_deletion import AccountDeletion
@@ -123,6 +124,15 @@ class Pages:
             for code in config.registration.languages
         ]
         self.server = config.web.homeserver_name or config.homeserver.domain
+        self._offered = frozenset(code for code, _ in self.languages)
+        self._lang_queries = [
+            (code, name, URL.build(query={"lang": code}).raw_query_string)
+            for code, name in self.languages
+        ]
+        self._no_name = {
+            code: catalogue.text(code, "request.no_name_yet", domain=config.homeserver.domain)
+            for code in self._offered
+        }
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("gatekeeper.appservice.web", "templates"),
             autoescape=True,
@@ -160,7 +170,7 @@ class Pages:
 
     def language(self, request: web.Request, account_language: str | None = None) -> str:
         """?lang=, then the account's setting, then the cookie, then Accept-Language."""
-        offered = [code for code, _ in self.languages]
+        offered = self._offered
         for choice in (
             request.query.get("lang"),
             account_language,
@@ -172,7 +182,7 @@ class Pages:
             code = part.split(";")[0].strip().lower().split("-")[0]
             if code in offered:
                 return code
-        return offered[0]
+        return self.languages[0][0]
 
     def translate_errors(self, language: str, errors: dict[str, str]) -> dict[str, str]:
         return {
@@ -183,7 +193,9 @@ class Pages:
     def user_id(self, found: RegistrationRequest, language: str) -> str:
         """The request's Matrix ID, or (named after approval) what stands for it."""
         domain = self.config.homeserver.domain
-        no_name = self.catalogue.text(language, "request.no_name_yet", domain=domain)
+        no_name = self._no_name.get(language) or self.catalogue.text(
+            language, "request.no_name_yet", domain=domain
+        )
         return found.shown_user_id(domain, no_name)
 
     def language_links(self, request: web.Request) -> list[tuple[str, str, str]]:
@@ -194,6 +206,9 @@ class Pages:
         url = request.rel_url
         if request.method != "GET":
             url = url.with_path(_page_of(request.path, _get_paths(request.app)))
+        if not url.raw_query_string:  # most pages: the path and ?lang=, built once per language
+            path = url.raw_path
+            return [(code, name, f"{path}?{query}") for code, name, query in self._lang_queries]
         return [(code, name, str(url.update_query(lang=code))) for code, name in self.languages]
 
     def render(
@@ -263,7 +278,6 @@ class Pages:
         """Pages answer with pages: a refused request or a crash is explained, never a trace."""
         if request.path.startswith(("/api/", "/static/", SEED_PREFIX)):
             return await handler(request)
-        lang = self.language(request)
         try:
             return await handler(request)
         except ApiError as error:
@@ -273,7 +287,9 @@ class Pages:
                 request,
                 "page.error_title",
                 self.catalogue.text(
-                    lang, "page.second_factor.locked", time=f"{limited.retry_after} s"
+                    self.language(request),
+                    "page.second_factor.locked",
+                    time=f"{limited.retry_after} s",
                 ),
                 status=429,
             )
@@ -282,7 +298,7 @@ class Pages:
                 return self.message(
                     request,
                     "page.error_title",
-                    self.catalogue.text(lang, "page.not_found"),
+                    self.catalogue.text(self.language(request), "page.not_found"),
                     status=404,
                 )
             raise
@@ -292,7 +308,7 @@ class Pages:
             return self.message(
                 request,
                 "page.error_title",
-                self.catalogue.text(lang, "page.error_body", reference=reference),
+                self.catalogue.text(self.language(request), "page.error_body", reference=reference),
                 status=500,
             )
 
