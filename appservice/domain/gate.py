@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from mautrix.util.async_db import Database
@@ -81,8 +82,10 @@ class Block:
         names it), an email block none without a valid address."""
         value = self.value.lower()
         if self.kind == "ip":
+            if self.network is None:
+                return False
             try:
-                return ipaddress.ip_address(address) in ipaddress.ip_network(value, strict=False)
+                return ipaddress.ip_address(address) in self.network
             except ValueError:
                 return False
         if self.kind == "username":
@@ -97,6 +100,14 @@ class Block:
             return email.lower() == value
         domain = email.rpartition("@")[2].lower()
         return domain == value or domain.endswith("." + value)
+
+    @cached_property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """An ip block's network, parsed once: the block is asked at every sign-up."""
+        try:
+            return ipaddress.ip_network(self.value, strict=False)
+        except ValueError:
+            return None
 
     def in_force(self, now: int) -> bool:
         return self.expires_at is None or self.expires_at > now
