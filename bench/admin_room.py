@@ -33,7 +33,7 @@ async def _answer_ms(stack: Stack, command: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-async def _all_notices_posted_at(stack: Stack, since_ms: int, expected: int) -> float:
+async def all_notices_posted_at(stack: Stack, since_ms: int, expected: int) -> float:
     """Wall-clock time at which Gatekeeper has recorded a posted notice for all `expected`
     requests made since `since_ms` (polled every 50 ms with a query on the (status,
     created_at) index, so the polling itself costs PostgreSQL next to nothing)."""
@@ -101,7 +101,7 @@ async def notice_burst(stack: Stack, prefix: str, size: int) -> Burst:
     burst = asyncio.create_task(
         run_load(Load(stack.web_url, sign_up_calls(prefix, size), concurrency=BURST_CLIENTS))
     )
-    all_posted_at = await _all_notices_posted_at(stack, since_ms, size)
+    all_posted_at = await all_notices_posted_at(stack, since_ms, size)
     signed_up = await burst
     return Burst(size, signed_up, all_posted_at, len(await _notices_in_room(stack, prefix)))
 

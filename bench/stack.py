@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 import time
+from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +60,39 @@ class MailSink:
 class Stack:
     directory: Path
     synapse: SynapseServer
-    gatekeeper: asyncio.subprocess.Process
+    gatekeeper: Process
     web_url: str
     db: Database
     admin: MatrixUser
     room_id: RoomID
     mail: MailSink
-    counts_file: Path
+    profile_to: Path | None
+    # CPU seconds of the Gatekeeper processes that restart_gatekeeper() stopped.
+    retired_cpu: float = 0.0
 
     @property
     def log_path(self) -> Path:
         return self.directory / "gatekeeper.log"
+
+    @property
+    def counts_file(self) -> Path:
+        return self.directory / "counts"
+
+    async def restart_gatekeeper(self, admin_room: dict[str, object]) -> None:
+        """Stop Gatekeeper and start it again on the same database, with these admin room
+        settings; under the profiler, its report goes to a file of its own (-restarted)."""
+        self.retired_cpu += _cpu_seconds(self.gatekeeper.pid)
+        await _stop(self.gatekeeper)
+        yaml = YAML()
+        data = yaml.load(self.config_path.read_text())
+        data["admin_room"].update(admin_room)
+        with self.config_path.open("w") as file:
+            yaml.dump(data, file)
+        profile_to = self.profile_to
+        if profile_to is not None:
+            profile_to = profile_to.with_name(f"{profile_to.stem}-restarted{profile_to.suffix}")
+        self.gatekeeper = await _launch_gatekeeper(self.directory, profile_to)
+        await _wait_for_web(self.gatekeeper, self.web_url, self.log_path)
 
     @property
     def config_path(self) -> Path:
@@ -105,7 +128,7 @@ class Stack:
         """CPU time used so far by Gatekeeper, Synapse and this database's PostgreSQL backends."""
         assert self.synapse.process is not None
         used = {
-            "gatekeeper": _cpu_seconds(self.gatekeeper.pid),
+            "gatekeeper": self.retired_cpu + _cpu_seconds(self.gatekeeper.pid),
             "synapse": _cpu_seconds(self.synapse.process.pid),
         }
         if self.db.scheme != Scheme.SQLITE:
@@ -224,6 +247,25 @@ async def _join_admin_room(admin: MatrixUser) -> RoomID:
     return room_id
 
 
+async def _launch_gatekeeper(directory: Path, profile_to: Path | None) -> Process:
+    """Gatekeeper (instrumented) on the config in `directory`, its output in its log."""
+    with (directory / "gatekeeper.log").open("ab") as log_file:
+        profiler = ("-m", "pyinstrument", "-r", "text", "-o", str(profile_to))
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            *(profiler if profile_to else ()),
+            *("-m", "bench.instrumented", str(directory / "counts")),
+            *("-c", str(directory / "gatekeeper.yaml")),
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+
+async def _stop(gatekeeper: Process) -> None:
+    gatekeeper.terminate()
+    await asyncio.wait_for(gatekeeper.wait(), 30)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     directory: Path, sqlite: bool, profile_to: Path | None = None
@@ -248,37 +290,26 @@ async def running_stack(
             raise RuntimeError("gatekeeper generate-registration failed")
         mail.controller.start()
         await synapse.start()
-        log_path = directory / "gatekeeper.log"
-        counts_file = directory / "counts"
-        with log_path.open("ab") as log_file:
-            profiler = ("-m", "pyinstrument", "-r", "text", "-o", str(profile_to))
-            gatekeeper = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *(profiler if profile_to else ()),
-                *("-m", "bench.instrumented", str(counts_file), "-c", str(config)),
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        gatekeeper = await _launch_gatekeeper(directory, profile_to)
         db = create_database(DatabaseConfig(url=db_url))
         admin: MatrixUser | None = None
-        db_started = False
+        stack: Stack | None = None
         try:
             await synapse.register_user(ADMIN, ADMIN_PASSWORD, admin=True)
             admin = await MatrixUser.login(synapse.url, ADMIN, ADMIN_PASSWORD)
             web_url = f"http://127.0.0.1:{web_port}"
-            await _wait_for_web(gatekeeper, web_url, log_path)
+            await _wait_for_web(gatekeeper, web_url, directory / "gatekeeper.log")
             room_id = await _join_admin_room(admin)
             await db.start()
-            db_started = True
-            yield Stack(
-                directory, synapse, gatekeeper, web_url, db, admin, room_id, mail, counts_file
+            stack = Stack(
+                directory, synapse, gatekeeper, web_url, db, admin, room_id, mail, profile_to
             )
+            yield stack
         finally:
             if admin is not None:
                 await admin.close()
-            gatekeeper.terminate()
-            await asyncio.wait_for(gatekeeper.wait(), 30)
-            if db_started:
+            await _stop(gatekeeper if stack is None else stack.gatekeeper)
+            if stack is not None:
                 await db.stop()
             await synapse.stop()
             mail.controller.stop()
