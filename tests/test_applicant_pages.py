@@ -123,6 +123,37 @@ async def test_the_confirm_page_says_what_a_click_confirms(
     )
 
 
+async def test_each_link_shows_its_own_request(
+    start_gatekeeper: StartGatekeeper, page: Any, smtp: MailCatcher
+) -> None:
+    """Pages are kept once rendered (web/shells.py): one opened after another's must show
+    its own account, address and token, never the previous one's."""
+    gatekeeper = await start_gatekeeper()
+    ann, cat = new_applicant("ann"), new_applicant("cat")
+    mails = {}
+    for applicant in (ann, cat):
+        await sign_up(gatekeeper, applicant)
+        mails[applicant.email] = await smtp.wait_for(applicant.email, "confirm")
+    for applicant in (ann, cat, ann):
+        mail = mails[applicant.email]
+        await page.goto(link(mail, "confirm-email"))
+        assert await page.text_content("#what") == (
+            f"Someone – hopefully you – asked for the Matrix account {applicant.user_id}"
+            f" with the email address {applicant.email}."
+        )
+        token = link_token(mail, "confirm-email")
+        assert await page.get_attribute("input[name=token]", "value") == token
+
+    await page.click("button[type=submit]")  # ann confirms; her status page follows
+    await page.click("text=See your request")
+    assert await page.text_content("#user-id") == ann.user_id
+    await page.goto(link(mails[cat.email], "confirm-email"))
+    await page.click("button[type=submit]")
+    await page.click("text=See your request")
+    assert await page.text_content("#user-id") == cat.user_id
+    assert await page.get_attribute("input[name=token]", "value") == page.url.split("token=")[1]
+
+
 async def test_every_field_problem_is_told_at_once_in_sentences(
     start_gatekeeper: StartGatekeeper, browser: Any, alice: MatrixUser
 ) -> None:

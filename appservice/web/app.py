@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -495,6 +496,9 @@ def forwarded_for(trusted_proxies: list[str]) -> Middleware:
     """Behind trusted proxies, the client is the last X-Forwarded-For hop they did not add."""
     networks = [ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies]
 
+    # Parsing an address costs more than the rest of the middleware; the proxies' own few
+    # addresses repeat on every request (bounded: the header's hops are the client's choice).
+    @functools.lru_cache(maxsize=1024)
     def trusted(address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address.strip())
