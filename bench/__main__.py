@@ -110,12 +110,17 @@ async def run(
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = [name for name in SCENARIOS if name in args.scenarios] or list(SCENARIOS)
+    load_at_start = machine()["load_average"]
     figures, cpu = asyncio.run(run(args, names))
     print()
     print(table(figures))
     about = machine()
-    print(f"\n{about['cpu']}, {about['cores']} cores, load average {about['load_average']}")
+    print(
+        f"\n{about['cpu']}, {about['cores']} cores, load average {load_at_start} at the start,"
+        f" {about['load_average']} at the end"
+    )
     settings = {
+        "load_average_at_start": load_at_start,
         "database": "sqlite" if args.sqlite else "postgres",
         "sizes": asdict(QUICK if args.quick else FULL),
         "scenarios": names,
