@@ -220,11 +220,13 @@ class Pages:
         status: int = 200,
         language: str | None = None,
         fill: Mapping[str, str] | None = None,
+        keep: bool = False,
         **context: Any,
     ) -> web.Response:
-        """The page of `template` in the person's language (or `language`). `fill`: values
-        of this request that the template only prints (see shells.py), such as a link's
-        token; the rest of `context` may repeat from request to request."""
+        """The page of `template` in the person's language (or `language`). With `keep`,
+        the page is rendered once for its `context` and kept (see shells.py): `context`
+        must then hold nothing secret, and `fill` the values of this request that the
+        template only prints, such as a link's token."""
         fill = fill or {}
         lang = language or self.language(request)
         session = request.get(SESSION_KEY)
@@ -245,6 +247,7 @@ class Pages:
                 **{f"link{index}": href for index, (_, _, href) in enumerate(links)},
                 **fill,
             },
+            keep,
         )
         response = web.Response(text=html, content_type="text/html", status=status)
         # Pages may carry one-time material (a TOTP key); never keep them in caches.
@@ -322,7 +325,9 @@ class Pages:
         status: int = 200,
         message: str = "",
         kind: str = "error",
+        keep: bool = False,
     ) -> web.Response:
+        """The sign-up form; `keep` only for the empty one (a form sent back holds a password)."""
         invite = form.get("invite", "")
         closed = None if invite else await self.signups.gate.closed_reason()
         return self.render(
@@ -330,6 +335,7 @@ class Pages:
             "sign_up.html",
             "page.signup.title",
             status=status,
+            keep=keep,
             form=form,
             errors=errors or {},
             invite=invite,
@@ -345,7 +351,9 @@ class Pages:
         )
 
     async def sign_up_form(self, request: web.Request) -> web.Response:
-        return await self._sign_up_page(request, {"invite": request.query.get("invite", "")})
+        invite = request.query.get("invite", "")
+        # An invite code is a credential of sorts: its page is not kept.
+        return await self._sign_up_page(request, {"invite": invite}, keep=not invite)
 
     async def sign_up(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
@@ -445,6 +453,7 @@ class Pages:
             "page.confirm.title",
             language=lang,
             fill={"token": token, "user_id": self.user_id(found, lang), "email": found.email},
+            keep=True,
         )
 
     async def confirm(self, request: web.Request) -> web.Response:
@@ -506,6 +515,7 @@ class Pages:
             "page.status.title",
             language=lang,
             fill={"token": token, "user_id": "" if erased else self.user_id(found, lang)},
+            keep=True,
             message=self.catalogue.text(lang, "page.status.erased") if erased else "",
             erased=erased,
             state=found.state.value,
@@ -524,7 +534,9 @@ class Pages:
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         if request.get(SESSION_KEY) is not None:
             raise web.HTTPSeeOther("/settings")
-        return self.render(request, "login.html", "page.login.title", form={}, message="")
+        return self.render(
+            request, "login.html", "page.login.title", keep=True, form={}, message=""
+        )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -605,7 +617,7 @@ class Pages:
         return response
 
     async def forgot_form(self, request: web.Request) -> web.Response:
-        return self.render(request, "forgot.html", "page.forgot.title", message="")
+        return self.render(request, "forgot.html", "page.forgot.title", keep=True, message="")
 
     async def forgot(self, request: web.Request) -> web.Response:
         email = str((await request.post()).get("email", "")).strip()

@@ -69,15 +69,21 @@ class Shells:
         shared: tuple[Hashable, Callable[[], dict[str, Any]]],
         context: dict[str, Any],
         per_request: Mapping[str, str],
+        keep: bool,
     ) -> str:
         """The template's HTML for `context`, with `per_request`'s values filled in.
         `shared`: what every page of a kind is given (the language's texts, the title),
-        as a key that stands for it and a function that makes it when a page is rendered."""
+        as a key that stands for it and a function that makes it when a page is rendered.
+        Without `keep`, the page is rendered and forgotten: its context is part of the key,
+        so a context holding anything secret (a form's password, a one-time code) must
+        not be kept in memory for later requests."""
         shared_key, shared_context = shared
         try:
-            key = (template, shared_key, tuple(per_request), _frozen(context))
+            key = (template, shared_key, tuple(per_request), _frozen(context)) if keep else None
             shell = self._kept.get(key)
         except TypeError:  # a context value that cannot be a key: render it as it is
+            key = None
+        if key is None:
             page = self.env.get_template(template)
             return page.render(**shared_context(), **context, **per_request)
         if shell is None:
