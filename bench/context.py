@@ -156,9 +156,9 @@ class Bench:
     figures: list[Figure] = field(default_factory=list)
 
     async def argon2_ceiling(self) -> float:
-        """Hashes per second of the configured parameters on every core, in this process.
-        Measured anew right before each scenario that compares with it, so that both see
-        the machine in the same state."""
+        """Hashes per second of the configured parameters on every core, in processes of
+        this bench. Measured anew around each scenario that compares with it, so that both
+        see the machine in the same state."""
         return await _per_second_on_all_cores(_hashes_in)
 
     async def sign_up_ceiling(self) -> float:

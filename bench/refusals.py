@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from bench.context import PASSWORD, READ_CLIENTS, Bench
+from bench.hashing import sign_up_call
 from bench.instrumented import Counts
 from bench.load import CSRF_HEADER, FORWARDED_FOR, Call, Load, new_client_address, run_load
 from bench.report import Figure
@@ -45,22 +46,9 @@ class Refusal:
     done: Callable[[Stack], Awaitable[None]] | None = None  # undoes it
 
 
-def _sign_up(prefix: str, index: int, client: str, **extra: str) -> Call:
-    return Call(
-        "POST",
-        SIGN_UP,
-        {
-            "userName": f"{prefix}-{index}",
-            "email": extra.pop("email", f"{prefix}-{index}@example.org"),
-            "password": PASSWORD,
-            "language": "en",
-            **extra,
-        },
-        client=client,
-    )
-
-
-async def _post(stack: Stack, path: str, body: dict[str, Any], client: str) -> Any:
+async def _post(
+    stack: Stack, path: str, body: dict[str, Any], client: str
+) -> tuple[int, dict[str, Any]]:
     """One request as the load sends it: the answer's status and JSON body."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         async with session.get(stack.web_url + "/api/csrf") as response:
@@ -95,7 +83,7 @@ async def _until_gate(stack: Stack, closed: bool) -> None:
 async def _exhaust_sign_ups(stack: Stack, client: str) -> None:
     """Use up the address's sign-ups with sign-ups whose invite is unknown: they count,
     and are refused before any hash or homeserver call."""
-    call = _sign_up("rx", 0, client, invite="no-such-invite")
+    call = sign_up_call("rx", 0, client, invite="no-such-invite")
     assert call.body is not None
     for _ in range(10_000):
         status, _ = await _post(stack, SIGN_UP, call.body, client)
@@ -120,12 +108,13 @@ async def _lock(stack: Stack, email: str) -> None:
     wrong = {"email": email, "password": WRONG_PASSWORD}
     for _ in range(stack.config().security.lockout_failures):
         await _post(stack, LOGIN, wrong, new_client_address())
-    _, answer = await _post(stack, LOGIN, {"email": email, "password": PASSWORD}, "10.255.0.1")
+    right = {"email": email, "password": PASSWORD}
+    _, answer = await _post(stack, LOGIN, right, new_client_address())
     if answer.get("status") == "logged-in":
         raise RuntimeError(f"{email} did not lock")
 
 
-def _refusals(stack: Stack, email_to_lock: str) -> list[Refusal]:
+def _refusals(email_to_lock: str) -> list[Refusal]:
     distinct = range(DISTINCT_CALLS)
     honeypot = {HONEYPOT_FIELD: "https://spam.example"}
     block_id: list[str] = []
@@ -160,29 +149,26 @@ def _refusals(stack: Stack, email_to_lock: str) -> list[Refusal]:
     return [
         Refusal(
             "sign-up refused by the honeypot",
-            tuple(_sign_up("hp", i, new_client_address(), **honeypot) for i in distinct),
+            tuple(sign_up_call("hp", i, **honeypot) for i in distinct),
             403,
         ),
         Refusal(
             "sign-up refused by a block (email domain)",
-            tuple(
-                _sign_up("bl", i, new_client_address(), email=f"bl-{i}@{BLOCKED_DOMAIN}")
-                for i in distinct
-            ),
+            tuple(sign_up_call("bl", i, email=f"bl-{i}@{BLOCKED_DOMAIN}") for i in distinct),
             403,
             block,
             unblock,
         ),
         Refusal(
             "sign-up refused by the closed gate",
-            tuple(_sign_up("cl", i, new_client_address()) for i in distinct),
+            tuple(sign_up_call("cl", i) for i in distinct),
             403,
             close,
             reopen,
         ),
         Refusal(
             "sign-up refused by its address's rate limit",
-            tuple(_sign_up("rl", i, sign_up_limited) for i in distinct),
+            tuple(sign_up_call("rl", i, sign_up_limited) for i in distinct),
             429,
             exhaust_sign_ups,
         ),
@@ -227,7 +213,7 @@ async def refusals(bench: Bench) -> list[Figure]:
     [(_, email_to_lock)] = await seeded_requests(stack.db, "lock", 1, hashed)
     figures = []
     total, refused = Counts(), 0
-    for refusal in _refusals(stack, email_to_lock):
+    for refusal in _refusals(email_to_lock):
         if refusal.ready is not None:
             await refusal.ready(stack)
         before = await _quiet(stack)

@@ -12,7 +12,7 @@ import sys
 import time
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class Stack:
     profile_to: Path | None
     # CPU seconds of the Gatekeeper processes that restart_gatekeeper() stopped.
     retired_cpu: float = 0.0
+    # The last CPU seconds seen of each PostgreSQL backend of this database, kept once it
+    # ends (a pool closes idle connections, a restarted Gatekeeper opens new ones).
+    backend_cpu: dict[int, float] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -135,7 +138,10 @@ class Stack:
             backends = await self.db.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             )
-            used["postgres"] = sum(_cpu_seconds(row["pid"]) for row in backends)
+            for row in backends:
+                pid = row["pid"]
+                self.backend_cpu[pid] = max(self.backend_cpu.get(pid, 0.0), _cpu_seconds(pid))
+            used["postgres"] = sum(self.backend_cpu.values())
         return used
 
     async def settle(self, timeout: float = 300) -> None:
