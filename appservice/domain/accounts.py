@@ -130,19 +130,26 @@ class Accounts:
         return None
 
     async def _check_password(
-        self, identifier: str, password: str
+        self, identifier: str, password: str, attempts: str | None = None
     ) -> tuple[RegistrationRequest | None, int | None]:
         """The request if the password is right and the account not locked; else the
         lock's end (if locked). The hasher runs whether or not the identifier is known,
-        never for a locked name (known or not: a lock says nothing about existence)."""
+        never for a locked name (known or not: a lock says nothing about existence).
+        `attempts`: the rate limit's key that counts a login's tries per address; one
+        this process knows to be over it is refused before any look-up, and a try the
+        lock refuses is not counted."""
+        if attempts is not None:
+            self.limiter.refuse_if_known_over(attempts, self.login_limit)
         request = await self.store.for_login(identifier, self.domain)
         name = lockout_name(request, identifier)
         locked_until = await self._locked_until(name)
         if locked_until is not None:
-            # No hash: a flood of guesses at a locked account costs next to nothing, and
-            # the quick answer tells only of the lock, which the two-factor login tells
-            # anyway (timeoutUntil).
+            # No hash, no count: a flood of guesses at a locked account tests no password
+            # and costs next to nothing; the quick answer tells only of the lock, which the
+            # two-factor login tells anyway (timeoutUntil).
             return None, locked_until
+        if attempts is not None:
+            await self.limiter.hit(attempts, self.login_limit)
         if request is None or not request.password_hash:
             # Unknown, or no password set yet: the same work, so the time tells nothing.
             await self.hasher.verify_dummy(password)
@@ -161,8 +168,7 @@ class Accounts:
     ) -> LoginResult:
         """`identifier`: the email address, the user name or the Matrix ID. With 2FA on
         (and the device not remembered) the result carries a ticket for the second step."""
-        await self.limiter.hit(address_key("login", address), self.login_limit)
-        request, _ = await self._check_password(identifier, password)
+        request, _ = await self._check_password(identifier, password, address_key("login", address))
         if request is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS)
         if await self.totp.is_enabled(request.id) and not await self.sessions.device_remembered(
@@ -178,8 +184,9 @@ class Accounts:
         self, identifier: str, password: str, code: str, remember: bool, address: str
     ) -> LoginResult:
         """Both factors at once (the JSON API); `code` is a TOTP or a recovery code."""
-        await self.limiter.hit(address_key("2fa", address), self.login_limit)
-        request, locked_until = await self._check_password(identifier, password)
+        request, locked_until = await self._check_password(
+            identifier, password, address_key("2fa", address)
+        )
         if request is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
         return await self._second_factor(request, code, remember)

@@ -131,18 +131,23 @@ class RateLimiter:
         # a key over its limit is refused until that end whatever anyone does meanwhile.
         self._over = RefusalMemo()
 
+    def refuse_if_known_over(self, key: str, limit: Limit) -> None:
+        """Raise RateLimited if this process knows `key` to be over `limit`; no database,
+        nothing counted (a caller that goes on counts the hit later)."""
+        now = self.now()
+        over_until = self._over.refused_until((key, limit), now)
+        if over_until is not None:
+            raise RateLimited(_seconds_until(over_until, now))
+
     async def hit(self, key: str, limit: Limit) -> None:
         """Count one hit on `key`; raise RateLimited if it goes over `limit` (no database
         access for a key this process already knows to be over it)."""
+        self.refuse_if_known_over(key, limit)
         now = self.now()
-        memo_key = (key, limit)
-        over_until = self._over.refused_until(memo_key, now)
-        if over_until is None:
-            over_until = await self._count(key, limit, now)
-            if over_until is None:
-                return
-            self._over.remember(memo_key, over_until)
-        raise RateLimited(_seconds_until(over_until, now))
+        over_until = await self._count(key, limit, now)
+        if over_until is not None:
+            self._over.remember((key, limit), over_until)
+            raise RateLimited(_seconds_until(over_until, now))
 
     async def _count(self, key: str, limit: Limit, now: int) -> int | None:
         """Count one hit; the end of the window if the hit is over the limit, else None."""
