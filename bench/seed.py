@@ -8,6 +8,7 @@ import secrets
 from mautrix.util.async_db import Database
 
 from gatekeeper.appservice.domain.registration_request import COLUMNS, State
+from gatekeeper.appservice.storage.database import transaction
 from gatekeeper.appservice.storage.mail_tokens import hash_token
 from gatekeeper.appservice.timeutil import now_ms
 
@@ -17,8 +18,10 @@ BATCH = 5000
 
 
 async def _insert_in_batches(db: Database, query: str, rows: list[tuple[object, ...]]) -> None:
+    """Each batch one transaction: SQLite commits each statement of its own otherwise."""
     for start in range(0, len(rows), BATCH):
-        await db.executemany(query, rows[start : start + BATCH])
+        async with transaction(db) as conn:
+            await conn.executemany(query, rows[start : start + BATCH])
 
 
 async def seeded_requests(
