@@ -82,17 +82,15 @@ class Shells:
             key = (template, shared_key, tuple(per_request), _frozen(context)) if keep else None
             shell = self._kept.get(key)
         except TypeError:  # a context value that cannot be a key: render it as it is
-            key = None
-        if key is None:
-            page = self.env.get_template(template)
-            return page.render(**shared_context(), **context, **per_request)
+            key, shell = None, None
         if shell is None:
             markers = {name: marker(name) for name in per_request}
             page = self.env.get_template(template)
             shell = Shell(page.render(**shared_context(), **context, **markers))
-            self._kept[key] = shell
-            if len(self._kept) > KEPT_SHELLS:
-                self._kept.popitem(last=False)
+            if key is not None:
+                self._kept[key] = shell
+                if len(self._kept) > KEPT_SHELLS:
+                    self._kept.popitem(last=False)
         else:
             self._kept.move_to_end(key)
         return shell.fill(per_request)
