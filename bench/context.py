@@ -4,12 +4,13 @@ several scenarios compare with."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,6 +36,7 @@ from harness.net import free_port
 
 RSS_TARGET_MB = 120.0
 CEILING_SECONDS = 4.0
+HELLO_CALLS = (Call("GET", "/api/user-info"),)
 READ_CLIENTS = 16
 PASSWORD = "a benchmark passphrase 42"  # noqa: S105 (throwaway accounts)
 
@@ -152,7 +154,6 @@ class Bench:
     stack: Stack
     sizes: Sizes
     idle_rss_mb: float
-    _hello_world: ReadFigures | None = None
     figures: list[Figure] = field(default_factory=list)
 
     async def argon2_ceiling(self) -> float:
@@ -177,21 +178,17 @@ class Bench:
         return ReadFigures(closed, offered)
 
     async def hello_world(self) -> ReadFigures:
-        """The same loads against an aiohttp hello-world in a process of its own."""
-        if self._hello_world is None:
-            port = free_port()
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.hello", str(port)
-            )
-            try:
-                await _wait_for_port(port)
-                self._hello_world = await self.read_figures(
-                    f"http://127.0.0.1:{port}", (Call("GET", "/api/user-info"),)
-                )
-            finally:
-                server.terminate()
-                await server.wait()
-        return self._hello_world
+        """The read loads against an aiohttp hello-world in a process of its own, measured
+        anew by each scenario: on a shared machine, a limit measured minutes earlier may
+        have seen another load."""
+        async with _hello_world() as url:
+            return await self.read_figures(url, HELLO_CALLS)
+
+    async def hello_world_per_second(self) -> float:
+        """Requests/s of the hello-world with READ_CLIENTS clients (the closed loop alone)."""
+        async with _hello_world() as url:
+            load = Load(url, HELLO_CALLS, concurrency=READ_CLIENTS, seconds=self.sizes.read_seconds)
+            return (await run_load(load)).per_second
 
     def peak_rss(self, scenario: str) -> Figure:
         """The Gatekeeper process's peak RSS since the scenario began, against idle."""
@@ -206,6 +203,19 @@ class Bench:
             f"< {RSS_TARGET_MB:.0f} MB",
             peak < RSS_TARGET_MB,
         )
+
+
+@contextlib.asynccontextmanager
+async def _hello_world() -> AsyncIterator[str]:
+    """The hello-world (bench/hello.py) running; its URL."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.hello", str(port))
+    try:
+        await _wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        await server.wait()
 
 
 async def _wait_for_port(port: int) -> None:

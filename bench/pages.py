@@ -58,7 +58,7 @@ async def pages(bench: Bench) -> list[Figure]:
     status = [f"?token={t}" for t in await _links(stack, State.PENDING, STATUS_PURPOSE)]
     confirm = [f"?token={t}" for t in await _links(stack, State.UNVERIFIED, CONFIRM_PURPOSE)]
     queries = {"/sign-up": [""], "/login": [""], "/status": status, "/confirm-email": confirm}
-    hello = (await bench.hello_world()).closed.per_second
+    hello = await bench.hello_world_per_second()
     figures = []
     for path, path_queries in queries.items():
         await _check_shown(stack, path, path_queries[0])
