@@ -50,9 +50,11 @@ async def test_concurrent_questions_share_one_load(
     count_statements(db, statements, monkeypatch)
     answers = await asyncio.gather(*(gate.closed_reason() for _ in range(50)))
     assert answers == [None] * 50
+    assert len(statements) == 2  # the closed flag and the blocks, read once
     for _ in range(50):
         assert await gate.refusal("ann", "ann@example.org", "203.0.113.9") is None
-    assert len(statements) == 2  # the closed flag and the blocks, read once
+    # From memory (a refresh at most, should the machine stall for half a second).
+    assert len(statements) <= 4
 
 
 async def test_own_change_at_once_another_process_within_a_second(db: Database) -> None:
