@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import statistics
+from dataclasses import dataclass
 
 from bench.context import PASSWORD, Bench
 from bench.load import Call, Load, LoadResult, new_client_address, run_load
@@ -38,24 +39,40 @@ def sign_up_calls(prefix: str, count: int) -> tuple[Call, ...]:
     return tuple(sign_up_call(prefix, index) for index in range(count))
 
 
+@dataclass(frozen=True)
+class _Hashed:
+    """A hashing load: what the load saw, and the hashes Gatekeeper computed meanwhile."""
+
+    result: LoadResult
+    hashes: int
+
+
+async def _hashing_load(bench: Bench, calls: tuple[Call, ...]) -> _Hashed:
+    before = bench.stack.counts()
+    result = await run_load(Load(bench.stack.web_url, calls, concurrency=HASHING_CLIENTS))
+    return _Hashed(result, (bench.stack.counts() - before).hashes)
+
+
 def _against_ceiling(
     scenario: str,
     what: str,
-    result: LoadResult,
+    load: _Hashed,
     done: int,
     ceiling_name: str,
     ceilings: tuple[float, float],
 ) -> list[Figure]:
     """`done`: the requests that did what they asked, as the database shows (a refused
     login is a 200 too). The ceiling is measured right before and right after the load,
-    and their mean is the limit: on a shared machine either alone may catch a busy moment."""
+    and their mean is the limit: on a shared machine either alone may catch a busy moment.
+    The hashes show that each request made its one."""
+    result = load.result
     failed = result.requests - done
     ceiling = statistics.mean(ceilings)
     before, after = ceilings
     return [
         Figure(
             scenario,
-            f"{what}/s ({HASHING_CLIENTS} clients, {failed} failed;"
+            f"{what}/s ({HASHING_CLIENTS} clients, {failed} failed, {load.hashes} hashes;"
             f" ceiling {before:.0f} before, {after:.0f} after)",
             done / result.elapsed,
             "/s",
@@ -70,13 +87,12 @@ def _against_ceiling(
 async def signup(bench: Bench) -> list[Figure]:
     before = await bench.sign_up_ceiling()
     prefix = f"su{secrets.token_hex(2)}"
-    calls = sign_up_calls(prefix, bench.sizes.signups)
-    result = await run_load(Load(bench.stack.web_url, calls, concurrency=HASHING_CLIENTS))
+    load = await _hashing_load(bench, sign_up_calls(prefix, bench.sizes.signups))
     made = await bench.stack.db.fetchval(
         "SELECT COUNT(*) FROM registration_request WHERE localpart LIKE $1", f"{prefix}-%"
     )
     ceilings = (before, await bench.sign_up_ceiling())
-    return _against_ceiling("signup", "sign-ups", result, made, SIGN_UP_CEILING, ceilings)
+    return _against_ceiling("signup", "sign-ups", load, made, SIGN_UP_CEILING, ceilings)
 
 
 async def _sessions(bench: Bench) -> int:
@@ -98,7 +114,7 @@ async def login(bench: Bench) -> list[Figure]:
         for _, email in accounts
     )
     before = await _sessions(bench)
-    result = await run_load(Load(bench.stack.web_url, calls, concurrency=HASHING_CLIENTS))
+    load = await _hashing_load(bench, calls)
     logged_in = await _sessions(bench) - before
     ceilings = (ceiling_before, await bench.argon2_ceiling())
-    return _against_ceiling("login", "logins", result, logged_in, ARGON2_CEILING, ceilings)
+    return _against_ceiling("login", "logins", load, logged_in, ARGON2_CEILING, ceilings)
