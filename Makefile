@@ -88,7 +88,7 @@ stress-ng:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq stress-ng; }
 
 # Timings, run by hand: a real Synapse and PostgreSQL-backed Gatekeeper under load; prints
-# a table and writes bench/results/<date>.json. BENCH_ARGS="--sqlite", "--quick", "signup" ...
+# a table and writes bench/results/<date>-<database>.json. BENCH_ARGS="--sqlite", "--quick", "signup" ...
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

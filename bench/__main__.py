@@ -1,5 +1,5 @@
 """`python -m bench [scenario ...] [--sqlite] [--quick]`: start the stack, run the
-scenarios, print the table and write bench/results/<date>.json."""
+scenarios, print the table and write bench/results/<date>-<database>.json."""
 
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": names,
         "cpu_seconds": cpu,
     }
-    print(f"Results: {write_results(figures, settings)}")
+    kind = f"{settings['database']}{'-quick' if args.quick else ''}"
+    print(f"Results: {write_results(figures, settings, kind)}")
     return 0  # timings are never tests: a missed target is shown, not a failure
 
 

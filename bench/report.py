@@ -81,10 +81,12 @@ def machine() -> dict[str, str]:
     }
 
 
-def write_results(figures: list[Figure], settings: Mapping[str, object]) -> Path:
+def write_results(figures: list[Figure], settings: Mapping[str, object], kind: str) -> Path:
+    """bench/results/<date>-<kind>.json: one file per day and kind of run (database, and
+    whether --quick), so that the PostgreSQL and SQLite runs of a day both stay."""
     RESULTS.mkdir(exist_ok=True)
     now = datetime.now(UTC)
-    path = RESULTS / f"{now:%Y-%m-%d}.json"
+    path = RESULTS / f"{now:%Y-%m-%d}-{kind}.json"
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (git from PATH, as a developer runs it)
         capture_output=True,

@@ -91,7 +91,7 @@ def _compare(
 async def scale(bench: Bench) -> list[Figure]:
     stack = bench.stack
     smaller, larger = bench.sizes.scale
-    user_info = await user_info_calls(stack, "sc")
+    user_info = await user_info_calls(stack.web_url, stack.db, "sc")
     tokens = await _grow_to(stack, smaller, "sa")
     small = await _measure(bench, user_info, tokens, "sx")
     tokens += await _grow_to(stack, larger, "sb")

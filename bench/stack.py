@@ -121,7 +121,12 @@ class Stack:
         return int(await self.db.fetchval("SELECT pg_database_size(current_database())"))
 
     def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
+        """The lines of every Gatekeeper log of this run (a second Gatekeeper's too)."""
+        return [
+            line
+            for path in sorted(self.directory.glob("**/gatekeeper.log"))
+            for line in path.read_text(errors="replace").splitlines()
+        ]
 
     def reset_peak_rss(self) -> None:
         # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) of the process.
@@ -226,6 +231,41 @@ async def _database(sqlite: bool, directory: Path) -> AsyncIterator[str]:
     finally:
         await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await server.close()
+
+
+@contextlib.asynccontextmanager
+async def twin_gatekeeper(stack: Stack) -> AsyncIterator[tuple[str, Database]]:
+    """A second Gatekeeper beside the stack's, with the same config but on the other kind
+    of database (fresh) and its own ports, so that a scenario can compare the two databases
+    in one run; its web URL and its database. Synapse sends it nothing (the registration
+    names the first), and it keeps its admin room plaintext."""
+    directory = stack.directory / "twin"
+    directory.mkdir(exist_ok=True)
+    async with _database(stack.db.scheme != Scheme.SQLITE, directory) as db_url:
+        yaml = YAML()
+        data = yaml.load(stack.config_path.read_text())
+        web_port, appservice_port = free_port(), free_port()
+        data["database"]["url"] = db_url
+        data["web"].update({"port": web_port, "public_base_url": f"http://127.0.0.1:{web_port}"})
+        data["appservice"].update(
+            {"address": f"http://127.0.0.1:{appservice_port}", "port": appservice_port}
+        )
+        data["admin_room"]["encryption"] = False
+        with (directory / "gatekeeper.yaml").open("w") as file:
+            yaml.dump(data, file)
+        process = await _launch_gatekeeper(directory, None)
+        db = create_database(DatabaseConfig(url=db_url))
+        db_started = False
+        try:
+            web_url = f"http://127.0.0.1:{web_port}"
+            await _wait_for_web(process, web_url, directory / "gatekeeper.log")
+            await db.start()
+            db_started = True
+            yield web_url, db
+        finally:
+            await _stop(process)
+            if db_started:
+                await db.stop()
 
 
 async def _wait_for_web(process: asyncio.subprocess.Process, url: str, log: Path) -> None:
