@@ -48,7 +48,7 @@ def _database_locked(log: list[str]) -> Figure:
     locked = sum(DATABASE_LOCKED in line for line in log)
     return Figure(
         "whole run",
-        f'"{DATABASE_LOCKED}" in Gatekeeper\'s log',
+        f'"{DATABASE_LOCKED}" in Gatekeeper\'s logs',
         locked,
         "",
         "log lines",
