@@ -14,7 +14,7 @@ from pathlib import Path
 from gatekeeper.appservice.config import Config, ConfigError, load_config
 from gatekeeper.appservice.homeserver.registration_file import generate_registration
 from gatekeeper.appservice.runtime.logging_setup import configure_logging
-from gatekeeper.appservice.runtime.memory import limit_malloc_arenas
+from gatekeeper.appservice.runtime.memory import tune_malloc
 from gatekeeper.appservice.runtime.program import EXIT_CONFIG, Gatekeeper, StartupError
 
 log = logging.getLogger("gatekeeper")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 EXIT_CONFIG,
             )
         return asyncio.run(_supervise(args.config, config, args.workers))
-    limit_malloc_arenas()
+    tune_malloc()
     try:
         asyncio.run(_serve(Gatekeeper(config)))
     except StartupError as error:

@@ -1,4 +1,5 @@
-"""The process's malloc arenas stay few however many threads allocate."""
+"""glibc's malloc, tuned: threads share two arenas, and an argon2-sized block freed in a
+thread goes back to the system."""
 
 from __future__ import annotations
 
@@ -8,42 +9,58 @@ import sys
 
 import pytest
 
-# Six threads allocate (100 KB: malloc's heap, under its mmap threshold) at the same time,
-# then glibc's malloc_stats() prints one "Arena N:" block per arena to stderr.
-THREADS_ALLOCATE = """
+# Two threads allocate as argon2id hashes do (a 19 MiB block, touched, freed; five times)
+# among small allocations; then the RSS the process kept, in MiB, and glibc's
+# malloc_stats() (one "Arena N:" block per arena) on stderr.
+HASH_LIKE_THREADS = """
 import ctypes, sys, threading
-from gatekeeper.appservice.runtime.memory import limit_malloc_arenas
-if sys.argv[1] == "limit":
-    assert limit_malloc_arenas()
+from gatekeeper.appservice.runtime.memory import tune_malloc
+def rss_mib():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+if sys.argv[1] == "tuned":
+    assert tune_malloc() == ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"]
+before = rss_mib()
 start = threading.Barrier(6)
-def allocate():
+def hash_like():
     start.wait()
-    kept = [bytearray(100_000) for _ in range(50)]
+    for _ in range(5):
+        block = bytearray(19 * 1024 * 1024)
+        block[::4096] = bytes(len(block[::4096]))
+        del block
+        kept = [bytearray(100_000) for _ in range(20)]
     start.wait()
-threads = [threading.Thread(target=allocate) for _ in range(6)]
+threads = [threading.Thread(target=hash_like) for _ in range(6)]
 for thread in threads:
     thread.start()
 for thread in threads:
     thread.join()
+print(rss_mib() - before)
 ctypes.CDLL(None).malloc_stats()
 """
 
 
-def _arenas(mode: str) -> int:
-    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_ARENA_MAX from the caller
+def _run(mode: str) -> tuple[int, int]:
+    """(MiB kept after the threads ended, arenas)."""
     done = subprocess.run(
-        [sys.executable, "-c", THREADS_ALLOCATE, mode],
+        [sys.executable, "-c", HASH_LIKE_THREADS, mode],
         capture_output=True,
         text=True,
-        env=env,
+        env={"PATH": "/usr/bin:/bin"},  # none of the caller's MALLOC_* settings
         check=True,
         timeout=60,
     )
-    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+    arenas = sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+    return int(done.stdout), arenas
 
 
-def test_threads_share_two_arenas() -> None:
+def test_hashing_threads_give_their_memory_back() -> None:
     if platform.libc_ver()[0] != "glibc":
-        pytest.skip("malloc arenas are glibc's")
-    assert _arenas("free") > 2  # the test can tell: without the limit, threads take more
-    assert _arenas("limit") <= 2
+        pytest.skip("these are glibc's malloc settings")
+    kept, arenas = _run("default")
+    # The test can tell: untuned, the threads take arenas of their own and keep blocks.
+    assert arenas > 2
+    assert kept > 30
+    kept, arenas = _run("tuned")
+    assert arenas <= 2
+    assert kept < 10
