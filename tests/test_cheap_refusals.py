@@ -27,6 +27,7 @@ from tests.flows import (
     WebClient,
     active_account,
     new_applicant,
+    request_id_of,
     room_caught_up,
     sign_up,
     started_with_room,
@@ -320,3 +321,38 @@ async def test_a_spam_wave_of_blocked_sign_ups_is_a_few_notes(
     await asyncio.sleep(2 * window)
     await room_caught_up(alice, room_id)
     assert [note(e) for e in alice.timeline if note(e)] == []
+
+
+async def test_a_login_costs_four_statements_around_its_hash(
+    start_gatekeeper: StartGatekeeper, watch: Callable[[Gatekeeper], Watch]
+) -> None:
+    gatekeeper = await start_gatekeeper(registration=NO_CONFIRMATION)
+    rio = await active_account(gatekeeper, "rio")
+    right = {"email": rio.email, "password": rio.password}
+    lockout_key = f"lockout:request:{await request_id_of(gatekeeper, rio)}"
+    seen = watch(gatekeeper)
+    async with WebClient(gatekeeper) as client:
+        await client.get("/api/csrf")
+        seen.reset()
+        assert await client.post("/api/auth/login", right) == (200, {"status": "logged-in"})
+    # The address's count, the account with its second factor, its lock, the session:
+    # no lockout to forget, and 2FA read with the account.
+    assert len(seen.besides_gate_state) == 4, seen.besides_gate_state
+    assert seen.hashes == ["verify"]
+    async with WebClient(gatekeeper) as client:
+        await client.get("/api/csrf")
+        wrong = {"email": rio.email, "password": "not the password"}
+        assert await client.post("/api/auth/login", wrong) == (
+            200,
+            {"status": "invalid-credentials"},
+        )
+        assert await gatekeeper.db.fetchval(
+            "SELECT hits FROM rate_limit WHERE key = $1", lockout_key
+        )
+        seen.reset()
+        assert await client.post("/api/auth/login", right) == (200, {"status": "logged-in"})
+    # With a failure counted, one more: the login forgets it.
+    assert len(seen.besides_gate_state) == 5, seen.besides_gate_state
+    assert (
+        await gatekeeper.db.fetchval("SELECT 1 FROM rate_limit WHERE key = $1", lockout_key) is None
+    )

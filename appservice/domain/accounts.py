@@ -42,7 +42,7 @@ from gatekeeper.appservice.storage.ratelimit import (
     RateLimiter,
     address_key,
 )
-from gatekeeper.appservice.storage.registration_store import RegistrationStore
+from gatekeeper.appservice.storage.registration_store import LoginAccount, RegistrationStore
 from gatekeeper.appservice.storage.sessions import Session, Sessions
 from gatekeeper.appservice.storage.totp import Enrolment, TotpStore
 from gatekeeper.appservice.timeutil import now_ms
@@ -83,6 +83,20 @@ class LoginResult:
     timeout_until_ms: int | None = None
     # For the second factor's next try: stands for the right password (Sessions.TICKET_MS).
     ticket: str | None = None
+
+
+@dataclass(frozen=True)
+class RightPassword:
+    """A login's account whose password was right, and whether failed logins were counted
+    against it when its lock was checked (something for a successful login to forget)."""
+
+    account: LoginAccount
+    failures_counted: bool
+
+
+def _retry_at(limited: RateLimited) -> int:
+    """When a refused login may try again, in ms."""
+    return now_ms() + limited.retry_after * 1000
 
 
 def lockout_name(request: RegistrationRequest | None, typed: str = "") -> str:
@@ -126,13 +140,13 @@ class Accounts:
         try:
             await self.lockout.check(name)
         except RateLimited as limited:
-            return now_ms() + limited.retry_after * 1000
+            return _retry_at(limited)
         return None
 
     async def _check_password(
         self, identifier: str, password: str, attempts: str | None = None
-    ) -> tuple[RegistrationRequest | None, int | None]:
-        """The request if the password is right and the account not locked; else the
+    ) -> tuple[RightPassword | None, int | None]:
+        """The account if the password is right and the account not locked; else the
         lock's end (if locked). The hasher runs whether or not the identifier is known,
         never for a locked name (known or not: a lock says nothing about existence).
         `attempts`: the rate limit's key that counts a login's tries per address; one
@@ -140,14 +154,16 @@ class Accounts:
         lock refuses is not counted."""
         if attempts is not None:
             self.limiter.refuse_if_known_over(attempts, self.login_limit)
-        request = await self.store.for_login(identifier, self.domain)
+        account = await self.store.login_account(identifier, self.domain)
+        request = account.request if account is not None else None
         name = lockout_name(request, identifier)
-        locked_until = await self._locked_until(name)
-        if locked_until is not None:
+        try:
+            failures_counted = await self.lockout.check(name)
+        except RateLimited as limited:
             # No hash, no count: a flood of guesses at a locked account tests no password
             # and costs next to nothing; the quick answer tells only of the lock, which the
             # two-factor login tells anyway (timeoutUntil).
-            return None, locked_until
+            return None, _retry_at(limited)
         if attempts is not None:
             await self.limiter.hit(attempts, self.login_limit)
         if request is None or not request.password_hash:
@@ -156,27 +172,34 @@ class Accounts:
             right = False
         else:
             right = await self.hasher.verify(request.password_hash, password)
-        if not right or request is None:
+        if not right or account is None:
             await self.lockout.failure(name)
             return None, None
-        if self.hasher.needs_rehash(request.password_hash):
-            await self.store.set_password_hash(request.id, await self.hasher.hash(password))
-        return request, None
+        if self.hasher.needs_rehash(account.request.password_hash):
+            await self.store.set_password_hash(account.request.id, await self.hasher.hash(password))
+        return RightPassword(account, failures_counted), None
 
     async def login(
         self, identifier: str, password: str, address: str, device_token: str | None
     ) -> LoginResult:
         """`identifier`: the email address, the user name or the Matrix ID. With 2FA on
         (and the device not remembered) the result carries a ticket for the second step."""
-        request, _ = await self._check_password(identifier, password, address_key("login", address))
-        if request is None:
+        checked, _ = await self._check_password(identifier, password, address_key("login", address))
+        if checked is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS)
-        if await self.totp.is_enabled(request.id) and not await self.sessions.device_remembered(
+        request = checked.account.request
+        # Whether 2FA is on was read with the account (a round trip saved), so before the
+        # hash: a login that races 2FA being turned on by those milliseconds may pass
+        # without it and keep its session, as one racing the read and the session could.
+        if checked.account.two_factor and not await self.sessions.device_remembered(
             request.id, device_token
         ):
             ticket = await self.sessions.issue_ticket(request.id)
             return LoginResult(LoginStatus.SECOND_FACTOR_REQUIRED, ticket=ticket)
-        await self.lockout.success(lockout_name(request, identifier))
+        if checked.failures_counted:
+            # Nothing to forget otherwise. A failure that lands between the check and here
+            # then stays counted: stricter than forgetting it, and a round trip saved.
+            await self.lockout.success(lockout_name(request))
         token, session = await self.sessions.create(request.id)
         return LoginResult(LoginStatus.LOGGED_IN, token, session)
 
@@ -184,12 +207,12 @@ class Accounts:
         self, identifier: str, password: str, code: str, remember: bool, address: str
     ) -> LoginResult:
         """Both factors at once (the JSON API); `code` is a TOTP or a recovery code."""
-        request, locked_until = await self._check_password(
+        checked, locked_until = await self._check_password(
             identifier, password, address_key("2fa", address)
         )
-        if request is None:
+        if checked is None:
             return LoginResult(LoginStatus.INVALID_CREDENTIALS, timeout_until_ms=locked_until)
-        return await self._second_factor(request, code, remember)
+        return await self._second_factor(checked.account.request, code, remember)
 
     async def login_with_ticket(
         self, ticket: str, code: str, remember: bool, address: str
@@ -401,7 +424,7 @@ class Accounts:
         self, request: RegistrationRequest, session: Session, password: str
     ) -> str | None:
         checked, _ = await self._check_password(request.email, password)
-        if checked is None or checked.id != request.id:
+        if checked is None or checked.account.request.id != request.id:
             return None
-        await self.lockout.success(lockout_name(checked))
+        await self.lockout.success(lockout_name(request))
         return await self.sessions.grant_sudo(session)

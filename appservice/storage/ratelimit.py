@@ -208,18 +208,20 @@ class Lockout:
         # Alice, alice and " ALICE " are one account to a guesser; they share one counter.
         return "lockout:" + name.strip().casefold()
 
-    async def check(self, name: str) -> None:
-        """Raise RateLimited while the account is locked."""
+    async def check(self, name: str) -> bool:
+        """Raise RateLimited while the account is locked; else whether it has failures or
+        lockouts counted (something for `success()` to forget)."""
         now = self.now()
         key = self.account_key(name)
         locked_until = self._locked.refused_until(key, now)
         if locked_until is None:
-            locked_until = await self.db.fetchval(
-                "SELECT locked_until FROM rate_limit WHERE key = $1", key
-            )
-            if locked_until is None or locked_until <= now:
-                return
-            self._locked.remember(key, int(locked_until))
+            row = await self.db.fetchrow("SELECT locked_until FROM rate_limit WHERE key = $1", key)
+            if row is None:
+                return False
+            locked_until = int(row["locked_until"])
+            if locked_until <= now:
+                return True
+            self._locked.remember(key, locked_until)
         raise RateLimited(_seconds_until(locked_until, now))
 
     async def failure(self, name: str) -> None:
