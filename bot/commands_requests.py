@@ -14,6 +14,9 @@ from gatekeeper.bot.commands import CommandContext, Reply, command
 from gatekeeper.bot.notices import NO_NAME_YET, age, describe, one_line, shown_email
 
 PAGE_SIZE = 10
+# !pending counts this many at most: beyond, "more than" is all an admin needs, and a
+# count of every request waiting reads them all.
+PENDING_COUNTED = 1000
 DECISION_ANSWERS = {
     Outcome.CHANGED: "{verb} {id} ({user_id}).",
     Outcome.ALREADY: "{id} is already {state}.",
@@ -59,16 +62,23 @@ class RequestCommands:
 
     @command("pending", args="[page]", help="list the requests waiting for a decision")
     async def pending(self, ctx: CommandContext) -> Reply:
-        page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
-        total = await self.store.count_in_state(State.PENDING)
-        if total == 0:
+        page = max(int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1, 1)
+        counted = await self.store.count_in_state(State.PENDING, PENDING_COUNTED + 1)
+        if counted == 0:
             return Reply("No requests are waiting for a decision.")
-        pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
-        page = min(max(page, 1), pages)
+        if counted <= PENDING_COUNTED:
+            pages = (counted + PAGE_SIZE - 1) // PAGE_SIZE
+            page = min(page, pages)
+            where = f"page {page} of {pages} ({counted} in all)"
+        else:
+            where = f"page {page} (more than {PENDING_COUNTED:,} in all)"
         requests = await self.store.in_state(State.PENDING, PAGE_SIZE, (page - 1) * PAGE_SIZE)
-        lines = [f"Pending requests, page {page} of {pages} ({total} in all):"]
+        if not requests:  # past the end of more than PENDING_COUNTED
+            return Reply(f"There is no page {page}: {self.prefix}pending shows the first.")
+        lines = [f"Pending requests, {where}:"]
         lines += [self._summary(r) for r in requests]
-        if page < pages:
+        counted_all = counted <= PENDING_COUNTED
+        if counted > page * PAGE_SIZE if counted_all else len(requests) == PAGE_SIZE:
             lines.append(f"Next: {self.prefix}pending {page + 1}")
         return Reply("\n".join(lines))
 

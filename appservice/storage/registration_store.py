@@ -94,13 +94,17 @@ class RegistrationStore:
         )
         return [RegistrationRequest.from_row(row) for row in rows]
 
-    async def count_in_state(self, state: State) -> int:
+    async def count_in_state(self, state: State, at_most: int) -> int:
+        """How many requests are in `state`, counting no further than `at_most`: a count of
+        them all reads every one (30 ms at 100,000)."""
         status, matrix_status = COLUMNS[state]
         return int(
             await self.db.fetchval(
-                "SELECT COUNT(*) FROM registration_request WHERE status=$1 AND matrix_status=$2",
+                "SELECT COUNT(*) FROM (SELECT 1 FROM registration_request"
+                " WHERE status=$1 AND matrix_status=$2 LIMIT $3) AS counted",
                 status,
                 matrix_status,
+                at_most,
             )
         )
 
