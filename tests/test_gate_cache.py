@@ -71,16 +71,16 @@ async def test_own_change_at_once_another_process_within_a_second(db: Database) 
     await within_a_second(closed_at, closed_here)
 
     block = await there.add_block("ip", "203.0.113.0/24", "@admin:example.org", None)
-    assert await there.blocked_by(None, "ann@example.org", "203.0.113.9") is not None
+    assert await there.refusal(None, "ann@example.org", "203.0.113.9") is not None
     blocked_at = time.monotonic()
 
     async def blocked_here() -> bool:
-        return await here.blocked_by(None, "ann@example.org", "203.0.113.9") is not None
+        return await here.refusal(None, "ann@example.org", "203.0.113.9") is not None
 
     await within_a_second(blocked_at, blocked_here)
 
     assert await there.remove_block(block.id, "@admin:example.org")
-    assert await there.blocked_by(None, "ann@example.org", "203.0.113.9") is None
+    assert await there.refusal(None, "ann@example.org", "203.0.113.9") is None
     await there.open("@admin:example.org")
     assert await there.closed_reason() is None
 
@@ -90,9 +90,9 @@ async def test_a_block_ends_on_time_though_the_state_is_in_memory(db: Database) 
     ends = now_ms() + 300
     await gate.add_block("email", "ann@example.org", "@admin:example.org", ends)
     # Loaded now, kept for half a second: past the block's end.
-    assert await gate.blocked_by("ann", "ann@example.org", "203.0.113.9") is not None
+    assert await gate.refusal("ann", "ann@example.org", "203.0.113.9") is not None
     await asyncio.sleep((ends - now_ms()) / 1000 + 0.02)
-    assert await gate.blocked_by("ann", "ann@example.org", "203.0.113.9") is None
+    assert await gate.refusal("ann", "ann@example.org", "203.0.113.9") is None
 
 
 async def sign_up_page(gatekeeper: Gatekeeper) -> str:

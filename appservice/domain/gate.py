@@ -367,11 +367,6 @@ class Gate:
                 )
         return None
 
-    async def blocked_by(self, localpart: str | None, email: str, address: str) -> str | None:
-        """Why this sign-up is refused (for the admins, never for the applicant), or None."""
-        refusal = await self.refusal(localpart, email, address)
-        return None if refusal is None else refusal.why
-
     # --- invites -----------------------------------------------------------------------
 
     async def create_invite(
