@@ -151,6 +151,22 @@ async def test_success_does_not_lift_a_lock_in_force(db: Database) -> None:
     await retry_after(lockout, "alice")
 
 
+async def test_check_tells_whether_a_success_has_something_to_forget(db: Database) -> None:
+    clock = Clock()
+    lockout = Lockout(db, max_failures=2, first_wait_seconds=60, now=clock)
+    assert await lockout.check("alice") is False
+    await lockout.failure("alice")
+    assert await lockout.check("Alice") is True
+    await lockout.failure("alice")
+    clock.advance(60)
+    # The lock has ended, not the lockout it counts (the next wait doubles).
+    assert await lockout.check("alice") is True
+    await lockout.success("alice")
+    assert await lockout.check("alice") is False
+    await lock(lockout, "alice", 2)
+    assert await retry_after(lockout, "alice") == 60
+
+
 async def test_single_failure_lockout(db: Database) -> None:
     clock = Clock()
     lockout = Lockout(db, max_failures=1, first_wait_seconds=10, max_wait_seconds=15, now=clock)
