@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, Scheme
 from mautrix.util.async_db.connection import LoggingConnection
 
 from gatekeeper.appservice.domain.registration_request import (
@@ -25,9 +25,17 @@ from gatekeeper.appservice.domain.registration_request import (
     Statistics,
     shown_state,
 )
-from gatekeeper.appservice.storage.database import transaction
+from gatekeeper.appservice.storage.database import Row, transaction
 
 Connection = LoggingConnection | Database
+
+# What `!search` matches: a piece of the user name, the email in any case or the ID.
+SEARCHED_COLUMNS_MATCH = "(localpart LIKE $1 OR LOWER(email) LIKE $1 OR id LIKE $1)"
+# The expression of PostgreSQL's trigram index (migration 013), word for word: the
+# planner uses an expression index only for the very same expression.
+SEARCH_INDEX_EXPRESSION = "(COALESCE(localpart, '') || ' ' || LOWER(email) || ' ' || id)"
+# A trigram index holds pieces of three letters: it cannot find a shorter text.
+TRIGRAM = 3
 
 
 @dataclass(frozen=True)
@@ -133,13 +141,36 @@ class RegistrationStore:
         return [row["id"] for row in rows]
 
     async def search(self, text: str, limit: int = 20) -> list[RegistrationRequest]:
-        pattern = "%" + text.lower().replace("\\", "").replace("%", "").replace("_", "") + "%"
-        rows = await self.db.fetch(
-            "SELECT * FROM registration_request WHERE localpart LIKE $1 OR LOWER(email) LIKE $1"
-            " OR id LIKE $1 ORDER BY created_at DESC LIMIT $2",
-            pattern,
-            limit,
+        """The newest requests whose user name, email or ID holds `text`, in any case.
+
+        A text of three letters or more is looked up in the trigram index of migration 013
+        first, which yields every request that may match; fewer letters have no trigram,
+        and the table is read whole."""
+        wanted = text.lower().replace("\\", "").replace("%", "").replace("_", "")
+        source, matches = "registration_request", SEARCHED_COLUMNS_MATCH
+        if len(wanted) >= TRIGRAM and self.db.scheme == Scheme.SQLITE:
+            source = (
+                "registration_search JOIN registration_request"
+                " ON registration_request.rowid = registration_search.rowid"
+            )
+            matches = f"registration_search.text LIKE $1 AND {SEARCHED_COLUMNS_MATCH}"
+        elif len(wanted) >= TRIGRAM:
+            matches = f"{SEARCH_INDEX_EXPRESSION} LIKE $1 AND {SEARCHED_COLUMNS_MATCH}"
+        query = (
+            f"SELECT registration_request.* FROM {source} WHERE {matches}"  # noqa: S608 (ours)
+            " ORDER BY created_at DESC LIMIT $2"
         )
+        rows: Sequence[Row]
+        if self.db.scheme == Scheme.SQLITE:
+            rows = await self.db.fetch(query, f"%{wanted}%", limit)
+        else:
+            async with transaction(self.db) as conn:
+                # After five runs of a prepared statement PostgreSQL may keep one plan for
+                # any text, made without looking at it: walking every request newest first,
+                # 44 ms at 100,000. Planned for its text, a search uses the trigram index
+                # unless the text is common enough that the newest requests hold `limit`.
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(query, f"%{wanted}%", limit)
         return [RegistrationRequest.from_row(row) for row in rows]
 
     async def statistics(self, since_ms: int) -> Statistics:
