@@ -154,11 +154,12 @@ class Accounts:
         lock refuses is not counted."""
         if attempts is not None:
             self.limiter.refuse_if_known_over(attempts, self.login_limit)
-        account = await self.store.login_account(identifier, self.domain)
-        request = account.request if account is not None else None
-        name = lockout_name(request, identifier)
         try:
-            failures_counted = await self.lockout.check(name)
+            self.lockout.known_lock(identifier)
+            account = await self.store.login_account(identifier, self.domain)
+            request = account.request if account is not None else None
+            name = lockout_name(request, identifier)
+            failures_counted = await self.lockout.check(name, typed=identifier)
         except RateLimited as limited:
             # No hash, no count: a flood of guesses at a locked account tests no password
             # and costs next to nothing; the quick answer tells only of the lock, which the

@@ -208,9 +208,14 @@ class Lockout:
         # Alice, alice and " ALICE " are one account to a guesser; they share one counter.
         return "lockout:" + name.strip().casefold()
 
-    async def check(self, name: str) -> bool:
+    @staticmethod
+    def _typed_key(typed: str) -> str:
+        return "lockout-typed:" + typed.strip().casefold()
+
+    async def check(self, name: str, typed: str | None = None) -> bool:
         """Raise RateLimited while the account is locked; else whether it has failures or
-        lockouts counted (something for `success()` to forget)."""
+        lockouts counted (something for `success()` to forget). `typed`: what the login
+        typed to name the account; while the lock holds, `known_lock()` knows it by that."""
         now = self.now()
         key = self.account_key(name)
         locked_until = self._locked.refused_until(key, now)
@@ -222,7 +227,19 @@ class Lockout:
             if locked_until <= now:
                 return True
             self._locked.remember(key, locked_until)
+        if typed is not None:
+            self._locked.remember(self._typed_key(typed), locked_until)
         raise RateLimited(_seconds_until(locked_until, now))
+
+    def known_lock(self, typed: str) -> None:
+        """Raise RateLimited if a lock this process saw for the account `typed` named is
+        still in force: a refused login then needs no look-up. Should the name come to
+        mean another account meanwhile (an email changed hands), that one waits out the
+        rest of the lock too: stricter, never looser."""
+        now = self.now()
+        locked_until = self._locked.refused_until(self._typed_key(typed), now)
+        if locked_until is not None:
+            raise RateLimited(_seconds_until(locked_until, now))
 
     async def failure(self, name: str) -> None:
         """Count a failed login; the failure that reaches `max_failures` locks the account."""
