@@ -1,5 +1,4 @@
-"""glibc's malloc, tuned: threads share two arenas, and an argon2-sized block freed in a
-thread goes back to the system."""
+"""glibc's malloc, tuned: however many threads allocate, they share two arenas."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ def rss_mib():
     status = open("/proc/self/status").read()
     return int(status.split("VmRSS:")[1].split()[0]) // 1024
 if sys.argv[1] == "tuned":
-    assert tune_malloc() == ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"]
+    assert tune_malloc() == ["MALLOC_ARENA_MAX"]
 before = rss_mib()
 start = threading.Barrier(6)
 def hash_like():
@@ -54,13 +53,11 @@ def _run(mode: str) -> tuple[int, int]:
     return int(done.stdout), arenas
 
 
-def test_hashing_threads_give_their_memory_back() -> None:
+def test_threads_share_two_arenas() -> None:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("these are glibc's malloc settings")
-    kept, arenas = _run("default")
-    # The test can tell: untuned, the threads take arenas of their own and keep blocks.
-    assert arenas > 2
-    assert kept > 30
-    kept, arenas = _run("tuned")
+    untuned, arenas = _run("default")
+    assert arenas > 2  # the test can tell: untuned, the threads take arenas of their own
+    tuned, arenas = _run("tuned")
     assert arenas <= 2
-    assert kept < 10
+    assert tuned < untuned

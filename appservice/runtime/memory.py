@@ -1,4 +1,4 @@
-"""The process's memory: glibc's malloc tuned for threads that hash and read SQLite."""
+"""The process's memory: glibc's malloc tuned for the threads that hash and read SQLite."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import os
 
 log = logging.getLogger("gatekeeper.memory")
 
-# glibc's mallopt() parameters (malloc.h), each with the environment variable that sets it
-# at start-up: an operator's own setting wins.
+# glibc's mallopt() parameter (malloc.h), with the environment variable that sets it at
+# start-up: an operator's own setting wins.
 M_ARENA_MAX = -8
-M_MMAP_THRESHOLD = -3
 TUNING = (
     # Each thread that allocates gets an arena of its own (up to eight per core), and
     # memory freed in one is not reused by the others: with the SQLite readers and the
     # hashing threads that raised peak RSS under load by about 30 MB.
     ("MALLOC_ARENA_MAX", M_ARENA_MAX, 2),
-    # An argon2id hash allocates 19 MiB. glibc maps such a block apart and unmaps it when
-    # freed, but then raises its threshold above it, so later hashes' blocks stay in the
-    # arenas once freed: about 40 MB more after a burst of logins. A fixed threshold keeps
-    # them mapped and returned (about 2 % of a hash's time, for the page faults).
-    ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, 4 * 1024 * 1024),
+    # Not the mmap threshold. An argon2id hash allocates 19 MiB, which glibc maps apart
+    # once and then keeps in the arenas when freed (its threshold rises above it): about
+    # 20 MB more at the peak of a login burst. A fixed threshold returns each block, but
+    # every hash then faults its 19 MiB in afresh: logins/s fell from 0.83 to 0.55 of the
+    # argon2id ceiling in the bench. Throughput under a wave of logins matters more.
 )
 
 
