@@ -108,7 +108,7 @@ def count_statements(
 
     for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
         monkeypatch.setattr(db, name, counted(getattr(db, name)))
-    acquire = db.acquire
+    acquire: Callable[..., Any] = db.acquire
 
     def connection(*args: Any, **kwargs: Any) -> Any:
         if not _inside_statement.get() and counts():
